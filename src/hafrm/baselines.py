@@ -1,0 +1,93 @@
+"""Shortcut baselines that never read the prompt: if they score well, the task has a surface cue."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hafrm.data.types import PreferencePair
+
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class ShortcutReport:
+    """Test accuracy of response-only shortcuts; near 0.5 means no surface cue separates the pair.
+
+    `length_longer` prefers the longer response (characters), `length_shorter` the shorter one,
+    `bag_of_words` is a word-unigram logistic regression trained on the train pairs.
+    """
+
+    length_longer: float
+    length_shorter: float
+    bag_of_words: float
+
+
+def length_baseline_accuracy(pairs: Sequence[PreferencePair]) -> float:
+    """Accuracy of "prefer the longer response" (characters); a tie counts as half right."""
+    if not pairs:
+        raise ValueError("length_baseline_accuracy needs at least one pair")
+    scores = [np.sign(len(p.chosen) - len(p.rejected)) for p in pairs]
+    return float(np.mean([(s + 1) / 2 for s in scores]))
+
+
+def _difference(pair: PreferencePair) -> dict[str, int]:
+    """Word counts of the chosen minus those of the rejected response, zeros left out."""
+    diff = Counter(_WORD.findall(pair.chosen))
+    diff.subtract(Counter(_WORD.findall(pair.rejected)))
+    return {word: count for word, count in diff.items() if count}
+
+
+def _differences(pairs: Sequence[PreferencePair], vocab: dict[str, int]) -> np.ndarray:
+    """`_difference` of every pair over `vocab`; words outside it are dropped. (B, V)"""
+    x = np.zeros((len(pairs), len(vocab)), dtype=np.float64)
+    for row, pair in enumerate(pairs):
+        for word, count in _difference(pair).items():
+            if word in vocab:
+                x[row, vocab[word]] = count
+    return x
+
+
+def bag_of_words_accuracy(
+    train_pairs: Sequence[PreferencePair],
+    test_pairs: Sequence[PreferencePair],
+    seed: int = 0,
+    steps: int = 300,
+    lr: float = 0.5,
+    l2: float = 1e-3,
+) -> float:
+    """Test accuracy of a logistic regression on response word counts, trained on train pairs.
+
+    Each train pair is shown in a random order, (chosen, rejected) with label 1 or (rejected,
+    chosen) with label 0, as the feature vector bow(first) - bow(second) of case-sensitive word
+    unigrams. There is no bias: swapping the two responses must flip the prediction. Words that
+    cancel within every train pair are left out of the vocabulary; their weight would stay 0
+    anyway. A test pair with score exactly 0 (e.g. only unseen words differ) counts as half right.
+    """
+    if not train_pairs or not test_pairs:
+        raise ValueError("bag_of_words_accuracy needs train and test pairs")
+    words = sorted({word for pair in train_pairs for word in _difference(pair)})
+    vocab = {word: i for i, word in enumerate(words)}
+    rng = random.Random(seed)
+    signs = np.array([rng.choice((-1.0, 1.0)) for _ in train_pairs])
+    x = _differences(train_pairs, vocab) * signs[:, None]  # (B, V)
+    y = (signs > 0).astype(np.float64)
+    w = np.zeros(len(vocab))
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(x @ w)))
+        w -= lr * (x.T @ (p - y) / len(y) + l2 * w)
+    scores = _differences(test_pairs, vocab) @ w
+    return float(np.mean((np.sign(scores) + 1) / 2))
+
+
+def shortcut_report(train_pairs: Sequence[PreferencePair], test_pairs: Sequence[PreferencePair]) -> ShortcutReport:
+    """Length (both directions) on the test pairs and bag-of-words trained on train, tested on test."""
+    longer = length_baseline_accuracy(test_pairs)
+    return ShortcutReport(
+        length_longer=longer, length_shorter=1.0 - longer, bag_of_words=bag_of_words_accuracy(train_pairs, test_pairs)
+    )

@@ -1,0 +1,84 @@
+"""What `hafrm eval` and `hafrm score` do, as functions (the CLI only parses and prints)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hafrm.config import HafConfig
+from hafrm.data import builtin
+from hafrm.data.io import iter_records, load_pairs, prompt_messages, record_to_pair, split_by_prompt
+from hafrm.data.tokenize import PairTokenizer, pair_features
+from hafrm.errors import DataError, HafError
+from hafrm.evaluate import evaluate_pairs
+from hafrm.model import HybridRewardModel
+from hafrm.models import cache_root, load_backbone
+from hafrm.reference import reference_logps
+from hafrm.scoring import RewardModel
+
+
+def _train_config(rm: RewardModel) -> HafConfig:
+    values = dict(rm.meta.get("train_config", {}))
+    values.pop("resume", None)
+    try:
+        return HafConfig.from_dict(values, source=str(rm.path / "hafrm_config.json"))
+    except HafError as e:
+        raise HafError(f"{rm.path}: cannot read its training config: {e}") from None
+
+
+def evaluate_model_dir(model_dir: Path, data: list[str]) -> dict[str, float]:
+    """Accuracy of both heads of a saved model on `data` ('builtin' = its held-out split)."""
+    rm = RewardModel.from_pretrained(model_dir)
+    cfg = _train_config(rm)
+    pairs = []
+    for item in data:
+        if item == "builtin":  # the same held-out split the model was evaluated on in training
+            pairs += split_by_prompt(
+                builtin.generate_pairs(cfg.builtin_pairs, seed=cfg.seed), cfg.eval_fraction, cfg.seed
+            )[1]
+        else:
+            pairs += load_pairs(item)
+    tok = PairTokenizer(rm.tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt).tokenize(pairs)
+    if not tok.pairs:
+        raise DataError(f"no pairs left to evaluate (dropped: {dict(tok.dropped)})")
+    ref = None
+    if cfg.needs_reference:
+        base, _, _ = load_backbone(rm.meta["base_model"], cfg.cache_dir)
+        ref = reference_logps(
+            HybridRewardModel(base), tok.pairs, cache_root(cfg.cache_dir), rm.tokenizer.pad_token_id
+        ).logps
+    result = evaluate_pairs(rm.model, cfg, tok.pairs, pair_features(tok.pairs, ref), rm.tokenizer.pad_token_id)
+    metrics = dict(result.metrics)
+    metrics["dropped"] = float(sum(tok.dropped.values()))
+    return metrics
+
+
+def score_file(model_dir: Path, path: Path, head: str | None, batch_size: int) -> list[dict[str, Any]]:
+    """Records of `path` with `score` (for {prompt, response}) or `score_chosen`/`score_rejected`."""
+    rm = RewardModel.from_pretrained(model_dir)
+    records = list(iter_records(path))
+    if not records:
+        raise DataError(f"{path}: no records to score")
+    prompts, responses, slots = [], [], []
+    for where, rec in records:
+        loc = f"{path}:{where}"
+        if isinstance(rec, dict) and "response" in rec:
+            if not isinstance(rec["response"], str):
+                raise DataError(f"{loc}: field 'response' must be a string")
+            if "prompt" not in rec:
+                raise DataError(f"{loc}: missing field 'prompt'")
+            prompts.append(prompt_messages(rec["prompt"], loc))
+            responses.append(rec["response"])
+            slots.append(["score"])
+        else:
+            pair = record_to_pair(rec, loc, "")
+            prompts += [pair.prompt, pair.prompt]
+            responses += [pair.chosen, pair.rejected]
+            slots.append(["score_chosen", "score_rejected"])
+    scores = iter(rm.score_batch(prompts, responses, head=head, batch_size=batch_size))
+    out = []
+    for (_, rec), names in zip(records, slots, strict=True):
+        row = dict(rec) if isinstance(rec, dict) else {"record": rec}
+        row.update({name: next(scores) for name in names})
+        out.append(row)
+    return out

@@ -1,0 +1,176 @@
+"""Training configuration: one dataclass whose field help is the only help text (CLI included)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hafrm.errors import ConfigError
+from hafrm.losses import POLICY_LOSSES
+
+
+@dataclass(frozen=True)
+class ModeSpec:
+    """How a training mode weighs the two losses and which head scores at inference."""
+
+    reward_weight: float
+    uses_alpha: bool  # policy weight = alpha if True, else `policy_weight`
+    policy_weight: float
+    inference_head: str  # "reward" or "implicit"
+    help: str
+
+
+MODES: dict[str, ModeSpec] = {
+    "hybrid": ModeSpec(1.0, True, 0.0, "reward", "HaF: BT + alpha * policy loss (default)"),
+    "reward": ModeSpec(1.0, False, 0.0, "reward", "Baseline reward model: BT only (alpha 0)"),
+    "dpo": ModeSpec(0.0, False, 1.0, "implicit", "policy loss only; scored by beta*(logp-ref)"),
+}
+
+# Checkpoint selection (the paper compares these): metric -> greater is better. "step" keeps
+# the last checkpoint. All are computed on the eval split with the mode's inference head.
+SELECTION_METRICS: dict[str, bool | None] = {
+    "accuracy": True,
+    "reward": True,
+    "margin": True,
+    "loss": False,
+    "step": None,
+}
+
+PRECISIONS = ("auto", "fp32", "bf16")
+DEFAULT_MODEL = "smollm2"
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class HafConfig:
+    """Everything a training run needs. Build from YAML with `HafConfig.from_yaml`."""
+
+    # model and method
+    model: str = _f(DEFAULT_MODEL, "Local folder or Hub id of a causal LM; 'smollm2' = embedded.")
+    mode: str = _f("hybrid", f"Training mode: {', '.join(MODES)}.")
+    loss: str = _f("sigmoid", f"Policy loss: {', '.join(POLICY_LOSSES)}.")
+    alpha: float = _f(0.2, "Weight of the policy loss in hybrid mode (>= 0).")
+    beta: float = _f(0.1, "Policy-loss temperature; implicit reward = beta*(logp - ref).")
+    simpo_gamma: float = _f(0.5, "SimPO target margin gamma (loss 'simpo' only).")
+    use_margin: bool = _f(False, "Subtract each pair's `margin` field inside the BT loss.")
+    center_rewards_coefficient: float = _f(0.0, "Weight of the reward-centering loss (r_w+r_l)^2.")
+    # data
+    data: list[str] = _f(["builtin"], "Training data: 'builtin' or JSONL file(s), repeatable.")
+    eval_data: list[str] = _f([], "Eval data files; default: a held-out split of --data.")
+    eval_fraction: float = _f(0.2, "Held-out share when eval data is split from --data.")
+    builtin_pairs: int = _f(1200, "Pairs generated for the built-in task (before the split).")
+    system_prompt: str | None = _f(None, "System message prepended to every prompt, if set.")
+    max_length: int = _f(512, "Max tokens per sequence (prompt + response); longer pairs dropped.")
+    max_prompt_length: int = _f(256, "Max prompt tokens; longer prompts keep their end.")
+    # optimisation
+    output_dir: str = _f("runs/hafrm", "Where checkpoints, the final model and metrics go.")
+    learning_rate: float = _f(2e-5, "Peak learning rate of the backbone.")
+    reward_head_learning_rate: float | None = _f(None, "Reward-head LR (default: learning_rate).")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    warmup_ratio: float = _f(0.05, "Share of steps for linear warm-up.")
+    lr_scheduler_type: str = _f("cosine", "transformers scheduler name.")
+    per_device_train_batch_size: int = _f(8, "Pairs per micro-batch (2x sequences).")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
+    per_device_eval_batch_size: int = _f(16, "Pairs per eval batch.")
+    num_train_epochs: float = _f(1.0, "Epochs over the training pairs (ignored if max_steps > 0).")
+    max_steps: int = _f(-1, "Total optimizer steps; -1 = use num_train_epochs.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
+    eval_steps: int | None = _f(None, "Evaluate every N steps (default: 4 times per run).")
+    save_steps: int | None = _f(None, "Checkpoint every N steps (default: eval_steps).")
+    save_total_limit: int = _f(2, "Checkpoints kept on disk (the best is always kept).")
+    select_by: str = _f("accuracy", f"Keep the checkpoint best by: {', '.join(SELECTION_METRICS)}.")
+    logging_steps: int = _f(5, "Log training metrics every N steps.")
+    seed: int = _f(42, "Random seed (data order, init, built-in task).")
+    precision: str = _f("auto", "fp32, bf16, or auto (bf16 only where measured faster).")
+    logprob_chunk_size: int = _f(512, "Response positions per LM-head chunk.")
+    cache_dir: str | None = _f(None, "Cache for models and reference log-probs (~/.cache/hafrm).")
+    resume: bool = _f(False, "Resume from the last checkpoint in output_dir.")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # derived ---------------------------------------------------------------------------
+    @property
+    def mode_spec(self) -> ModeSpec:
+        return MODES[self.mode]
+
+    @property
+    def reward_weight(self) -> float:
+        return self.mode_spec.reward_weight
+
+    @property
+    def policy_weight(self) -> float:
+        spec = self.mode_spec
+        return self.alpha if spec.uses_alpha else spec.policy_weight
+
+    @property
+    def needs_policy(self) -> bool:
+        return self.policy_weight > 0
+
+    @property
+    def needs_reference(self) -> bool:
+        return POLICY_LOSSES[self.loss].needs_reference
+
+    def validate(self) -> None:
+        _choice("mode", self.mode, MODES)
+        _choice("loss", self.loss, POLICY_LOSSES)
+        _choice("select_by", self.select_by, SELECTION_METRICS)
+        _choice("precision", self.precision, PRECISIONS)
+        if self.alpha < 0:
+            raise ConfigError(f"alpha must be >= 0, got {self.alpha}")
+        if self.beta <= 0:
+            raise ConfigError(f"beta must be > 0, got {self.beta}")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.eval_fraction < 1:
+            raise ConfigError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        if not self.data:
+            raise ConfigError("data is empty: give 'builtin' or at least one file")
+
+    # construction ----------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> HafConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown field(s) {unknown}; accepted: {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> HafConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of field: value")
+        return cls.from_dict(values, source=str(path))
+
+    def replace(self, **changes: Any) -> HafConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def field_help(name: str) -> str:
+    """The help text of a HafConfig field (the CLI's only source of help)."""
+    return HafConfig.__dataclass_fields__[name].metadata["help"]
+
+
+def _choice(name: str, value: str, accepted: dict) -> None:
+    if value not in accepted:
+        raise ConfigError(f"unknown {name} {value!r}; accepted: {', '.join(accepted)}")

@@ -1,0 +1,1 @@
+"""Data: the preference-pair record, the built-in task, file readers, tokenisation."""

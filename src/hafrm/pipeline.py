@@ -1,0 +1,190 @@
+"""`train(cfg)`: data -> tokens -> cached reference log-probs -> Trainer -> saved model + metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from hafrm import __version__
+from hafrm.config import SELECTION_METRICS, HafConfig
+from hafrm.data import builtin
+from hafrm.data.io import load_pairs, split_by_prompt
+from hafrm.data.tokenize import PairCollator, PairTokenizer, TokenizeResult, pair_features
+from hafrm.data.types import PreferencePair
+from hafrm.errors import DataError
+from hafrm.evaluate import EvalResult, evaluate_pairs
+from hafrm.model import HybridRewardModel
+from hafrm.models import cache_root, load_backbone
+from hafrm.precision import resolve_precision
+from hafrm.reference import model_fingerprint, reference_logps
+from hafrm.trainer import HafTrainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    metrics: dict[str, float]  # "eval/..." keys, as written to metrics.json
+    eval_result: EvalResult
+    train_pairs: int
+    eval_pairs: int
+    dropped: dict[str, int]
+    precision: str
+    seconds: float
+    reference_cache_hits: int
+
+
+def load_data(cfg: HafConfig) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Train and eval pairs from `cfg.data` / `cfg.eval_data` ('builtin' = the built-in task)."""
+    pairs: list[PreferencePair] = []
+    for item in cfg.data:
+        pairs += builtin.generate_pairs(cfg.builtin_pairs, seed=cfg.seed) if item == "builtin" else load_pairs(item)
+    if cfg.eval_data:
+        eval_pairs = [p for item in cfg.eval_data for p in load_pairs(item)]
+        return pairs, eval_pairs
+    train, test = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
+    if not train or not test:
+        raise DataError(f"{len(pairs)} pairs are too few to hold out an eval split of {cfg.eval_fraction}")
+    return train, test
+
+
+def _report_drops(name: str, res: TokenizeResult) -> dict[str, int]:
+    for reason, n in res.dropped.items():
+        log.warning("%s: dropped %d pair(s): %s", name, n, reason)
+    if res.truncated_prompts:
+        log.warning("%s: truncated %d prompt(s) to max_prompt_length (kept their end)", name, res.truncated_prompts)
+    return {f"{name}/{k}": v for k, v in res.dropped.items()}
+
+
+def _training_args(cfg: HafConfig, n_train: int, bf16: bool) -> TrainingArguments:
+    steps_per_epoch = math.ceil(n_train / (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps))
+    total = cfg.max_steps if cfg.max_steps > 0 else max(1, int(steps_per_epoch * cfg.num_train_epochs))
+    eval_steps = cfg.eval_steps or max(1, total // 4)
+    save_steps = cfg.save_steps or eval_steps
+    select = cfg.select_by != "step"
+    if select and save_steps % eval_steps:
+        save_steps = eval_steps  # the Trainer can only keep the best of evaluated checkpoints
+    return TrainingArguments(
+        output_dir=cfg.output_dir,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=int(cfg.warmup_ratio * total),
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        max_grad_norm=cfg.max_grad_norm,
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=select,
+        metric_for_best_model=cfg.select_by if select else None,
+        greater_is_better=SELECTION_METRICS[cfg.select_by] if select else None,
+        logging_steps=cfg.logging_steps,
+        seed=cfg.seed,
+        bf16=bf16,
+        remove_unused_columns=False,
+        report_to="none",
+        dataloader_num_workers=0,
+        save_only_model=False,
+    )
+
+
+def _references(cfg, model, train_tok, eval_tok, cache, pad_id) -> tuple[Any, Any, int]:
+    """Reference log-probs for train (if the loss needs them) and eval (always, for the implicit head)."""
+    if not cfg.needs_reference:
+        return None, None, 0
+    fingerprint = model_fingerprint(model)
+    hits = 0
+    train_ref = None
+    if cfg.needs_policy:
+        r = reference_logps(model, train_tok.pairs, cache, pad_id, cfg.per_device_eval_batch_size, fingerprint)
+        train_ref, hits = r.logps, hits + r.hit
+    r = reference_logps(model, eval_tok.pairs, cache, pad_id, cfg.per_device_eval_batch_size, fingerprint)
+    return train_ref, r.logps, hits + r.hit
+
+
+def train(cfg: HafConfig) -> TrainResult:
+    """Run one training job as configured and return the held-out metrics."""
+    start = time.time()
+    set_seed(cfg.seed)
+    backbone, tokenizer, model_path = load_backbone(cfg.model, cfg.cache_dir)
+    model = HybridRewardModel(backbone)
+    model.logprob_chunk_size = cfg.logprob_chunk_size
+    train_pairs, eval_pairs = load_data(cfg)
+    encoder = PairTokenizer(tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt)
+    train_tok, eval_tok = encoder.tokenize(train_pairs), encoder.tokenize(eval_pairs)
+    dropped = _report_drops("train", train_tok) | _report_drops("eval", eval_tok)
+    if not train_tok.pairs or not eval_tok.pairs:
+        raise DataError(f"no pairs left after tokenisation (dropped: {dropped or 'none'})")
+    cache = cache_root(cfg.cache_dir)
+    pad_id = tokenizer.pad_token_id
+    train_ref, eval_ref, hits = _references(cfg, model, train_tok, eval_tok, cache, pad_id)
+    precision = resolve_precision(cfg.precision)
+    meta = hafrm_meta(cfg, model_path, precision)
+    eval_features = pair_features(eval_tok.pairs, eval_ref)
+    trainer = HafTrainer(
+        model=model,
+        args=_training_args(cfg, len(train_tok.pairs), precision == "bf16"),
+        train_dataset=pair_features(train_tok.pairs, train_ref),
+        eval_dataset=eval_features,  # our evaluate() reads eval_pairs/eval_features directly
+        data_collator=PairCollator(pad_id),
+        processing_class=tokenizer,
+        haf_config=cfg,
+        eval_pairs=eval_tok.pairs,
+        eval_features=eval_features,
+        pad_token_id=pad_id,
+        hafrm_meta=meta,
+    )
+    resume = get_last_checkpoint(cfg.output_dir) if cfg.resume and Path(cfg.output_dir).is_dir() else None
+    trainer.train(resume_from_checkpoint=resume)
+    result = evaluate_pairs(model, cfg, eval_tok.pairs, trainer.eval_features, pad_id)
+    trainer.save_model(cfg.output_dir)
+    metrics = {f"eval/{k}": v for k, v in result.metrics.items()}
+    metrics["train/pairs"] = float(len(train_tok.pairs))
+    metrics["train/steps"] = float(trainer.state.global_step)
+    metrics["train/seconds"] = time.time() - start
+    out = Path(cfg.output_dir)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return TrainResult(
+        out,
+        metrics,
+        result,
+        len(train_tok.pairs),
+        len(eval_tok.pairs),
+        dropped,
+        precision,
+        time.time() - start,
+        hits,
+    )
+
+
+def hafrm_meta(cfg: HafConfig, model_path: str, precision: str) -> dict[str, Any]:
+    """What `hafrm.load` needs to score with the right head, stored as hafrm_config.json."""
+    return {
+        "hafrm_version": __version__,
+        "base_model": model_path,
+        "mode": cfg.mode,
+        "inference_head": cfg.mode_spec.inference_head,
+        "loss": cfg.loss,
+        "alpha": cfg.alpha,
+        "beta": cfg.beta,
+        "simpo_gamma": cfg.simpo_gamma,
+        "system_prompt": cfg.system_prompt,
+        "max_length": cfg.max_length,
+        "max_prompt_length": cfg.max_prompt_length,
+        "precision": precision,
+        "train_config": {k: v for k, v in cfg.to_dict().items()},
+    }

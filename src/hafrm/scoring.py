@@ -1,0 +1,107 @@
+"""Load a saved hafrm model folder and score (prompt, response) pairs with its inference head."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hafrm.data.tokenize import PairTokenizer, pad_rows
+from hafrm.errors import HafError
+from hafrm.model import HAFRM_CONFIG_FILE, REWARD_HEAD_FILE, HybridRewardModel
+
+Prompt = str | list[dict[str, str]]
+
+
+def _messages(prompt: Prompt) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+class RewardModel:
+    """A trained reward model ready to score. Use `hafrm.load(path)`.
+
+    `head="reward"` scores with the reward head; `head="implicit"` with beta*(logp - ref), which
+    loads the reference (the base model recorded at training time) on first use. The default is
+    the head the model was trained to be scored by (the reward head, or implicit for DPO).
+    """
+
+    def __init__(self, model: HybridRewardModel, tokenizer: Any, meta: dict[str, Any], path: Path):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.meta = meta
+        self.path = path
+        self.encoder = PairTokenizer(
+            tokenizer, meta.get("max_length", 10**9), meta.get("max_prompt_length", 10**9), meta.get("system_prompt")
+        )
+        self._reference: HybridRewardModel | None = None
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> RewardModel:
+        path = Path(path)
+        for name in ("config.json", REWARD_HEAD_FILE, HAFRM_CONFIG_FILE):
+            if not (path / name).is_file():
+                raise HafError(f"{path} is not a hafrm model folder: {name} is missing")
+        meta = json.loads((path / HAFRM_CONFIG_FILE).read_text())
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        backbone = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = HybridRewardModel(backbone)
+        model.load_weights(path)
+        return cls(model, tokenizer, meta, path)
+
+    @property
+    def default_head(self) -> str:
+        return self.meta.get("inference_head", "reward")
+
+    def _reference_model(self) -> HybridRewardModel:
+        if self._reference is None:
+            base = self.meta.get("base_model")
+            if not base or not Path(base).exists():
+                raise HafError(f"implicit scores need the reference model, recorded as {base!r}, which is missing")
+            self._reference = HybridRewardModel(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)).eval()
+        return self._reference
+
+    @torch.no_grad()
+    def score_batch(
+        self, prompts: Sequence[Prompt], responses: Sequence[str], head: str | None = None, batch_size: int = 16
+    ) -> list[float]:
+        """One score per (prompt, response); batches are formed by length to save padding."""
+        head = head or self.default_head
+        if head not in ("reward", "implicit"):
+            raise HafError(f"unknown head {head!r}; accepted: reward, implicit")
+        if len(prompts) != len(responses):
+            raise HafError(f"{len(prompts)} prompts but {len(responses)} responses")
+        encoded = [self.encoder.encode(_messages(p), r) for p, r in zip(prompts, responses, strict=True)]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+        scores = [0.0] * len(encoded)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = pad_rows([encoded[i][0] for i in idx], [encoded[i][1] for i in idx], self.tokenizer.pad_token_id)
+            values = self._score(batch, head)
+            for i, v in zip(idx, values.tolist(), strict=True):
+                scores[i] = v
+        return scores
+
+    def _score(self, batch: dict[str, torch.Tensor], head: str) -> torch.Tensor:
+        if head == "reward":
+            return self.model(batch["input_ids"], batch["attention_mask"]).rewards
+        out = self.model(**batch)
+        beta = self.meta.get("beta", 0.1)
+        if self.meta.get("loss") in ("simpo", "sft"):  # reference-free implicit rewards
+            scale = beta if self.meta["loss"] == "simpo" else 1.0
+            return scale * out.logps / out.response_lengths.clamp(min=1)
+        ref = self._reference_model()(**batch)
+        return beta * (out.logps - ref.logps)
+
+    def score(self, prompt: Prompt, response: str, head: str | None = None) -> float:
+        return self.score_batch([prompt], [response], head=head)[0]
+
+
+def load(path: str | Path) -> RewardModel:
+    """Load a model folder written by `hafrm train` (or `HybridRewardModel.save_pretrained`)."""
+    return RewardModel.from_pretrained(path)

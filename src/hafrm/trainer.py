@@ -1,0 +1,99 @@
+"""HafTrainer: `transformers.Trainer` with the hybrid objective and hafrm's model folder format.
+
+The Trainer owns the loop (accumulation, scheduling, checkpoints, best-model tracking, resume,
+progress bar); this subclass only says how to compute the loss, how to evaluate, and how to
+save/load a `HybridRewardModel`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from hafrm.config import HafConfig
+from hafrm.data.tokenize import TokenizedPair
+from hafrm.evaluate import EvalResult, evaluate_pairs
+from hafrm.model import HybridRewardModel
+from hafrm.objective import HybridObjective
+
+TRAINING_ARGS_NAME = "training_args.bin"
+
+
+class HafTrainer(Trainer):
+    def __init__(
+        self,
+        *args: Any,
+        haf_config: HafConfig,
+        eval_pairs: list[TokenizedPair],
+        eval_features: list[dict[str, Any]],
+        pad_token_id: int,
+        hafrm_meta: dict[str, Any],
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        self.haf_config = haf_config
+        self.objective = HybridObjective(haf_config)
+        self.eval_pairs = eval_pairs
+        self.eval_features = eval_features
+        self.pad_token_id = pad_token_id
+        self.hafrm_meta = hafrm_meta
+        self._train_metrics: dict[str, list[float]] = defaultdict(list)
+        self.last_eval: EvalResult | None = None
+
+    def create_optimizer(self, model: torch.nn.Module | None = None):
+        """AdamW with the reward head in its own group (it may take a higher learning rate)."""
+        if self.optimizer is None:
+            model = self.model
+            head = list(model.reward_head.parameters())
+            head_ids = {id(p) for p in head}
+            body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+            cfg = self.haf_config
+            groups = [
+                {"params": body, "weight_decay": cfg.weight_decay},
+                {"params": head, "weight_decay": 0.0, "lr": cfg.reward_head_learning_rate or cfg.learning_rate},
+            ]
+            self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        step = self.objective(model, inputs)
+        for k, v in step.metrics.items():
+            self._train_metrics[k].append(v)
+        return (step.loss, step) if return_outputs else step.loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Training logs carry the mean of the step metrics since the last log (TRL's habit).
+        if "loss" in logs and not any(k.startswith("eval_") for k in logs):
+            for k, values in self._train_metrics.items():
+                if k != "loss" and values:
+                    logs[k] = sum(values) / len(values)
+            self._train_metrics.clear()
+        super().log(logs, start_time)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        result = evaluate_pairs(self.model, self.haf_config, self.eval_pairs, self.eval_features, self.pad_token_id)
+        self.last_eval = result
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in result.metrics.items() if not k.startswith("tag/")}
+        metrics[f"{metric_key_prefix}_step"] = float(self.state.global_step)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    # persistence: hafrm's folder format instead of a bare state dict --------------------
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        model: HybridRewardModel = self.accelerator.unwrap_model(self.model)
+        model.save_pretrained(output_dir, hafrm_config=self.hafrm_meta)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_best_model(self) -> None:
+        self.accelerator.unwrap_model(self.model).load_weights(self.state.best_model_checkpoint)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        (model or self.accelerator.unwrap_model(self.model)).load_weights(resume_from_checkpoint)

@@ -1,0 +1,37 @@
+"""Shared fixtures: the SmolLM2 tokenizer, tiny model folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from hafrm.models import prepare_embedded
+from helpers import tiny_backbone
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def embedded_dir() -> Path:
+    return prepare_embedded()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(embedded_dir):
+    return AutoTokenizer.from_pretrained(embedded_dir)
+
+
+@pytest.fixture(params=["llama", "qwen2"])
+def arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A saved tiny random Llama with the real tokenizer: a model folder for CLI tests."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_backbone("llama", len(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

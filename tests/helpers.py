@@ -1,0 +1,46 @@
+"""Test helpers: tiny random backbones and hand-made preference pairs."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from hafrm.data.types import PreferencePair
+
+
+def tiny_backbone(arch: str, vocab_size: int, seed: int = 0):
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        pad_token_id=2,
+        eos_token_id=2,
+        bos_token_id=1,
+    )
+    if arch == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common)).eval()
+    if arch == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**common)).eval()
+    raise ValueError(arch)
+
+
+def make_pairs(n: int = 6) -> list[PreferencePair]:
+    """Small hand-made pairs with varied lengths (so padding is exercised)."""
+    pairs = []
+    for i in range(n):
+        pairs.append(
+            PreferencePair(
+                prompt=[{"role": "user", "content": f"What is {i} + {i + 2}?" + " Please." * (i % 3)}],
+                chosen=f"The answer is {2 * i + 2}.",
+                rejected=f"It is {2 * i + 3}" + ", I think" * (i % 2),
+                source="hand",
+                meta={"skill": "arithmetic" if i % 2 else "other"},
+            )
+        )
+    return pairs
