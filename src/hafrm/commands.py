@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from hafrm.config import HafConfig
-from hafrm.data import builtin
 from hafrm.data.io import iter_records, load_pairs, prompt_messages, record_to_pair, split_by_prompt
 from hafrm.data.tokenize import PairTokenizer, pair_features
 from hafrm.errors import DataError, HafError
 from hafrm.evaluate import evaluate_pairs
 from hafrm.model import HybridRewardModel
 from hafrm.models import cache_root, load_backbone
+from hafrm.pipeline import builtin_pairs
 from hafrm.reference import reference_logps
 from hafrm.scoring import RewardModel
 
@@ -33,9 +33,7 @@ def evaluate_model_dir(model_dir: Path, data: list[str]) -> dict[str, float]:
     pairs = []
     for item in data:
         if item == "builtin":  # the same held-out split the model was evaluated on in training
-            pairs += split_by_prompt(
-                builtin.generate_pairs(cfg.builtin_pairs, seed=cfg.seed), cfg.eval_fraction, cfg.seed
-            )[1]
+            pairs += split_by_prompt(builtin_pairs(cfg), cfg.eval_fraction, cfg.seed)[1]
         else:
             pairs += load_pairs(item)
     tok = PairTokenizer(rm.tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt).tokenize(pairs)

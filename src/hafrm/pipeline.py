@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -20,7 +21,7 @@ from hafrm.data.io import load_pairs, split_by_prompt
 from hafrm.data.tokenize import PairCollator, PairTokenizer, TokenizeResult, pair_features
 from hafrm.data.types import PreferencePair
 from hafrm.errors import DataError
-from hafrm.evaluate import EvalResult, evaluate_pairs
+from hafrm.evaluate import EvalResult
 from hafrm.model import HybridRewardModel
 from hafrm.models import cache_root, load_backbone
 from hafrm.precision import resolve_precision
@@ -43,11 +44,21 @@ class TrainResult:
     reference_cache_hits: int
 
 
+BUILTIN_SYSTEM_PROMPT = "You are a concise assistant."  # short: the default SmolLM2 one is 10 tokens longer
+
+
+def builtin_pairs(cfg: HafConfig) -> list[PreferencePair]:
+    """The built-in task as configured, with its short system message."""
+    system = {"role": "system", "content": BUILTIN_SYSTEM_PROMPT}
+    pairs = builtin.generate_pairs(cfg.builtin_pairs, seed=cfg.seed)
+    return [dataclasses.replace(p, prompt=[system, *p.prompt]) for p in pairs]
+
+
 def load_data(cfg: HafConfig) -> tuple[list[PreferencePair], list[PreferencePair]]:
     """Train and eval pairs from `cfg.data` / `cfg.eval_data` ('builtin' = the built-in task)."""
     pairs: list[PreferencePair] = []
     for item in cfg.data:
-        pairs += builtin.generate_pairs(cfg.builtin_pairs, seed=cfg.seed) if item == "builtin" else load_pairs(item)
+        pairs += builtin_pairs(cfg) if item == "builtin" else load_pairs(item)
     if cfg.eval_data:
         eval_pairs = [p for item in cfg.eval_data for p in load_pairs(item)]
         return pairs, eval_pairs
@@ -150,7 +161,7 @@ def train(cfg: HafConfig) -> TrainResult:
     )
     resume = get_last_checkpoint(cfg.output_dir) if cfg.resume and Path(cfg.output_dir).is_dir() else None
     trainer.train(resume_from_checkpoint=resume)
-    result = evaluate_pairs(model, cfg, eval_tok.pairs, trainer.eval_features, pad_id)
+    result = trainer.final_eval()
     trainer.save_model(cfg.output_dir)
     metrics = {f"eval/{k}": v for k, v in result.metrics.items()}
     metrics["train/pairs"] = float(len(train_tok.pairs))

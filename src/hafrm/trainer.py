@@ -42,7 +42,7 @@ class HafTrainer(Trainer):
         self.pad_token_id = pad_token_id
         self.hafrm_meta = hafrm_meta
         self._train_metrics: dict[str, list[float]] = defaultdict(list)
-        self.last_eval: EvalResult | None = None
+        self.eval_history: dict[int, EvalResult] = {}  # step -> eval of that step's weights
 
     def create_optimizer(self, model: torch.nn.Module | None = None):
         """AdamW with the reward head in its own group (it may take a higher learning rate)."""
@@ -76,7 +76,7 @@ class HafTrainer(Trainer):
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         result = evaluate_pairs(self.model, self.haf_config, self.eval_pairs, self.eval_features, self.pad_token_id)
-        self.last_eval = result
+        self.eval_history[self.state.global_step] = result
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in result.metrics.items() if not k.startswith("tag/")}
         metrics[f"{metric_key_prefix}_step"] = float(self.state.global_step)
         self.log(metrics)
@@ -91,6 +91,15 @@ class HafTrainer(Trainer):
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def final_eval(self) -> EvalResult:
+        """The eval of the weights the run ends with (the kept best, or the last step)."""
+        best = self.state.best_model_checkpoint if self.args.load_best_model_at_end else None
+        step = int(os.path.basename(best).split("-")[-1]) if best else self.state.global_step
+        if step not in self.eval_history:  # e.g. resumed past it, or the last step was not evaluated
+            self.evaluate()
+            step = self.state.global_step
+        return self.eval_history[step]
 
     def _load_best_model(self) -> None:
         self.accelerator.unwrap_model(self.model).load_weights(self.state.best_model_checkpoint)

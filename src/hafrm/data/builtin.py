@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -14,10 +14,40 @@ from hafrm.data.types import PreferencePair
 
 SKILLS: tuple[str, ...] = ("arithmetic", "facts", "format")
 
-# --------------------------------------------------------------------------- facts table
-# One line per cluster of three facts. A wrong answer is drawn only from its own cluster and the
-# whole cluster is one split group, so inside train and inside test every answer is chosen exactly
-# as often as it is rejected (in expectation): a model that only reads the response learns nothing.
+# Pairs are made in mirror couples: two pairs of one split group, each one's rejected answer the
+# other's chosen answer, in the same template (e.g. "France? Paris > Berlin" beside "Germany?
+# Berlin > Paris"). Then whatever a scorer that sees only the responses prefers (the longer one,
+# some word, uniform case), it is right on exactly one pair of each couple: no surface cue, on
+# every train/test split, by construction. The wrong answer stays a near miss in the same format.
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """Every mirror couple of one subtype, as parameters, and how to build its two pairs."""
+
+    name: str
+    params: list[tuple]
+    build: Callable[[tuple, random.Random], list[PreferencePair]]
+
+
+def _pair(prompt: str, chosen: str, rejected: str, **meta: Any) -> PreferencePair:
+    """A built-in pair; `meta` is skill, subtype, group and spec."""
+    message = {"role": "user", "content": prompt}
+    return PreferencePair([message], chosen, rejected, source="builtin", meta=meta)
+
+
+def _split(text: str, sep: str = "|") -> tuple[str, ...]:
+    return tuple(w.strip() for w in text.split(sep))
+
+
+def _upper_first(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+# ----------------------------------------------------------------------------------------- facts
+# One line per cluster of three facts; a cluster is one split group and wrong answers come from
+# inside it. (Split by single country, a held-out answer such as "Paris" would appear in train
+# only as a wrong answer, teaching a response-only model to reject it.)
 _FACT_LINES = {
     "capital": """
         France=Paris; Germany=Berlin; Italy=Rome
@@ -77,47 +107,38 @@ _ALIASES = {
     "Chinese": ("Mandarin",),
 }
 _WITH_THE = {"United States", "United Kingdom", "Netherlands", "Czech Republic", "Philippines"}
-
-# Questions per relation: `{e}` is the entity asked about; the answer kind is in `_KIND`.
+# `{e}` is the entity asked about, `{v}` the value (right or wrong); `{E}`, `{V}` open a sentence.
+# `capital_of` is the capital table read backwards: the entity is the city.
 _FACT_QUESTIONS = {
-    "capital": (
-        "What is the capital of {e}?",
-        "What is the capital city of {e}?",
-        "Which city is the capital of {e}?",
-        "Name the capital of {e}.",
+    "capital": _split(
+        """What is the capital of {e}? | What is the capital city of {e}? |
+        Which city is the capital of {e}? | Name the capital of {e}."""
     ),
-    "capital_of": (
-        "{E} is the capital of which country?",
-        "Which country has {e} as its capital?",
-        "Of which country is {e} the capital?",
+    "capital_of": _split(
+        """{E} is the capital of which country? | Which country has {e} as its capital? |
+        Of which country is {e} the capital?"""
     ),
-    "continent": (
-        "On which continent is {e}?",
-        "Which continent is {e} in?",
-        "{E} is on which continent?",
+    "continent": _split(
+        "On which continent is {e}? | Which continent is {e} in? | {E} is on which continent?"
     ),
-    "currency": (
-        "What is the currency of {e}?",
-        "Which currency is used in {e}?",
-        "What money do people use in {e}?",
+    "currency": _split(
+        """What is the currency of {e}? | Which currency is used in {e}? |
+        What money do people use in {e}?"""
     ),
-    "language": (
-        "What language is mainly spoken in {e}?",
-        "What is the main language of {e}?",
-        "Which language do most people in {e} speak?",
+    "language": _split(
+        """What language is mainly spoken in {e}? | What is the main language of {e}? |
+        Which language do most people in {e} speak?"""
     ),
 }
-# Full-sentence answers; `{v}` is the answer (right or wrong), `{e}` the entity.
 _FACT_SENTENCES = {
     "capital": ("The capital of {e} is {v}.", "{V} is the capital of {e}.", "It is {v}."),
     "capital_of": ("{E} is the capital of {v}.", "It is {v}.", "That would be {v}."),
     "continent": ("{E} is in {v}.", "It is in {v}.", "{E} is on the continent of {v}."),
     "currency": ("The currency of {e} is the {v}.", "{E} uses the {v}.", "It is the {v}."),
-    "language": ("The main language of {e} is {v}.", "People in {e} mostly speak {v}.", "It is {v}."),
+    "language": ("The main language of {e} is {v}.", "People in {e} speak {v}.", "It is {v}."),
 }
 _FACT_PREFIXES = ("", "Quick question: ", "Geography quiz: ", "Tell me: ")
-# Each suffix fixes the answer style: None lets either style answer.
-_FACT_SUFFIXES = (
+_FACT_SUFFIXES = (  # (suffix, the answer style it asks for; None: either)
     ("", None),
     (" Answer briefly.", None),
     (" Just the name, please.", "bare"),
@@ -130,165 +151,251 @@ class _Fact:
     relation: str  # a key of _FACT_QUESTIONS
     entity: str
     answer: str
-    cluster: tuple[str, ...]  # answers of the cluster, this one included
     group: str
 
 
 @cache
-def _facts() -> tuple[_Fact, ...]:
-    """Every fact of the table; `capital_of` is `capital` read backwards, in the same group."""
-    facts = []
+def _fact_clusters() -> tuple[tuple[_Fact, ...], ...]:
+    """The table as clusters of three facts; a capital cluster read backwards is one too."""
+    clusters = []
     for relation, text in _FACT_LINES.items():
         for line in text.strip().splitlines():
-            rows = [tuple(cell.strip().split("=")) for cell in line.split(";")]
+            rows = [_split(cell, "=") for cell in line.split(";")]
             group = f"{relation}:" + "/".join(entity for entity, _ in rows)
-            answers = tuple(answer for _, answer in rows)
-            countries = tuple(entity for entity, _ in rows)
-            for entity, answer in rows:
-                facts.append(_Fact(relation, entity, answer, answers, group))
-                if relation == "capital":
-                    facts.append(_Fact("capital_of", answer, entity, countries, group))
-    return tuple(facts)
+            clusters.append(tuple(_Fact(relation, e, a, group) for e, a in rows))
+            if relation == "capital":  # one group: "capital of France?" gives away "Paris is ...?"
+                clusters.append(tuple(_Fact("capital_of", a, e, group) for e, a in rows))
+    return tuple(clusters)
 
 
-def _the(name: str) -> str:
-    return f"the {name}" if name in _WITH_THE else name
-
-
-def _upper_first(text: str) -> str:
-    return text[:1].upper() + text[1:]
-
-
-def _fact_text(template: str, entity: str, value: str) -> str:
-    e, v = _the(entity), _the(value)
+def _fact_text(template: str, entity: str, value: str = "") -> str:
+    e, v = (f"the {x}" if x in _WITH_THE else x for x in (entity, value))
     return template.format(e=e, E=_upper_first(e), v=v, V=_upper_first(v))
 
 
-def _build_fact(params: tuple, rng: random.Random) -> PreferencePair:
-    fact, question, prefix, (suffix, style) = params
-    prompt = prefix + _fact_text(question, fact.entity, "") + suffix
-    wrong = rng.choice([a for a in fact.cluster if a != fact.answer])
+def _fact_couples() -> list[tuple]:
+    """(fact, its prefix, mate, its prefix, question, suffix) for every prompt, each used once.
+
+    In a cluster (x, y, z), for one question and suffix, the prompts under prefixes p and q are
+    matched (x p, y p), (z p, x q), (y q, z q): each fact is wrong-answered by each mate once.
+    """
+    couples = []
+    for x, y, z in _fact_clusters():
+        for question in _FACT_QUESTIONS[x.relation]:
+            for suffix in _FACT_SUFFIXES:
+                for p, q in zip(_FACT_PREFIXES[::2], _FACT_PREFIXES[1::2], strict=True):
+                    couples += [
+                        (x, p, y, p, question, suffix),
+                        (z, p, x, q, question, suffix),
+                        (y, q, z, q, question, suffix),
+                    ]
+    return couples
+
+
+def _build_facts(params: tuple, rng: random.Random) -> list[PreferencePair]:
+    """x's answer vs y's, and y's answer vs x's, in one answer template."""
+    x, x_prefix, y, y_prefix, question, (suffix, style) = params
     style = style or rng.choice(("bare", "sentence"))
-    template = "{V}." if style == "bare" else rng.choice(_FACT_SENTENCES[fact.relation])
-    spec = {"kind": "facts", "relation": fact.relation, "answer": fact.answer,
-            "aliases": list(_ALIASES.get(fact.answer, ()))}
-    return _pair(prompt, _fact_text(template, fact.entity, fact.answer),
-                 _fact_text(template, fact.entity, wrong), "facts", fact.relation, fact.group, spec)
-
-
-def _facts_pool() -> _Pool:
-    params = [(f, q, p, s) for f in _facts() for q in _FACT_QUESTIONS[f.relation]
-              for p in _FACT_PREFIXES for s in _FACT_SUFFIXES]
-    return _Pool("facts", params, _build_fact)
+    template = "{V}." if style == "bare" else rng.choice(_FACT_SENTENCES[x.relation])
+    return [
+        _pair(
+            prefix + _fact_text(question, fact.entity) + suffix,
+            _fact_text(template, fact.entity, fact.answer),
+            _fact_text(template, fact.entity, wrong),
+            skill="facts",
+            subtype=fact.relation,
+            group=fact.group,
+            spec={
+                "kind": "facts",
+                "relation": fact.relation,
+                "answer": fact.answer,
+                "aliases": list(_ALIASES.get(fact.answer, ())),
+            },
+        )
+        for fact, prefix, wrong in ((x, x_prefix, y.answer), (y, y_prefix, x.answer))
+    ]
 
 
 @cache
 def _kind_pattern(relation: str) -> tuple[re.Pattern[str], dict[str, str]]:
-    """A regex that finds any answer of the relation's kind, and a map from surface form to it."""
-    answers = {f.answer for f in _facts() if f.relation == relation}
+    """A regex finding any answer of the relation's kind, and a map from surface form to answer."""
+    answers = {f.answer for c in _fact_clusters() for f in c if f.relation == relation}
     surface = {form.lower(): a for a in answers for form in (a, *_ALIASES.get(a, ()))}
-    # Longest first, so "Mexico City" is one capital, not the country Mexico plus "City".
+    # Longest first, so "Mexico City" is one capital and "Great Britain" one country.
     forms = sorted(surface, key=len, reverse=True)
     pattern = r"(?<!\w)(" + "|".join(map(re.escape, forms)) + r")s?(?!\w)"
     return re.compile(pattern, re.IGNORECASE), surface
 
 
-# ---------------------------------------------------------------------------- arithmetic
-_OPS = {
-    "add": ("+", lambda a, b: a + b, ("What is {a} + {b}?", "What is {a} plus {b}?",
-                                      "Compute {a} + {b}.", "Add {a} and {b}.")),
-    "subtract": ("-", lambda a, b: a - b, ("What is {a} - {b}?", "What is {a} minus {b}?",
-                                           "Compute {a} - {b}.", "Subtract {b} from {a}.")),
-    "multiply": ("x", lambda a, b: a * b, ("What is {a} times {b}?", "What is {a} x {b}?",
-                                           "Compute {a} * {b}.", "Multiply {a} by {b}.")),
+# ------------------------------------------------------------------------------------ arithmetic
+_OPS = {  # op: (symbol in answers, function, questions)
+    "add": (
+        "+",
+        lambda a, b: a + b,
+        _split(
+            "What is {a} + {b}? | What is {a} plus {b}? | Compute {a} + {b}. | Add {a} and {b}."
+        ),
+    ),
+    "subtract": (
+        "-",
+        lambda a, b: a - b,
+        _split(
+            """What is {a} - {b}? | What is {a} minus {b}? | Compute {a} - {b}. |
+            Subtract {b} from {a}."""
+        ),
+    ),
+    "multiply": (
+        "x",
+        lambda a, b: a * b,
+        _split(
+            """What is {a} times {b}? | What is {a} x {b}? | Compute {a} * {b}. |
+            Multiply {a} by {b}."""
+        ),
+    ),
 }
-_ARITHMETIC_ANSWERS = ("{x}", "The answer is {x}.", "{a} {sym} {b} = {x}", "It is {x}.",
-                       "{a} {sym} {b} is {x}.")
+_ARITHMETIC_ANSWERS = _split("{x} | The answer is {x}. | {a} {s} {b} = {x} | It is {x}.")
 
 
-def _operands(op: str) -> list[tuple[int, int]]:
-    """Two-digit sums and differences (never negative); one-digit by up-to-25 products."""
-    if op == "add":
-        return [(a, b) for a in range(2, 100) for b in range(2, 100)]
-    if op == "subtract":
-        return [(a, b) for a in range(11, 100) for b in range(2, a)]
-    return [(a, b) for a in range(2, 26) for b in range(2, 26) if min(a, b) <= 9]
+def _steps(start: int, stop: int, d: int) -> Iterator[tuple[int, int]]:
+    """Disjoint (v, v + d) in [start, stop): in blocks of 2d, the first half meets the second."""
+    for v in range(start, stop - d):
+        if (v - start) // d % 2 == 0:
+            yield v, v + d
 
 
-def _near_miss(op: str, a: int, b: int, answer: int, rng: random.Random) -> int:
-    """A wrong answer a careless solver gives: a digit slip, or one group too many or too few.
+def _problem_couples(op: str) -> Iterator[tuple[tuple[int, int], tuple[int, int]]]:
+    """Two problems whose answers differ by a slip, so each is the other's near-miss answer.
 
-    The sign is a coin flip so that the wrong answer is as often larger as smaller.
+    Sums (a < b) and differences (never negative) move b or a by 1, 2 or 10, as a digit slip;
+    products of a one-digit a by b < 26 move b by one, so the answer is one group of a off.
     """
-    step = rng.choice((1, 10, min(a, b)) if op == "multiply" else (1, 2, 10))
-    wrong = answer + rng.choice((-1, 1)) * step
-    return wrong if wrong >= 0 else answer + step
+    if op == "multiply":
+        for a in range(2, 10):
+            for b, b2 in _steps(a + 1, 26, 1):
+                yield (a, b), (a, b2)
+        return
+    for fixed in range(2, 100):
+        d = (1, 2, 10)[fixed % 3]
+        for v, v2 in _steps(fixed + 1, 100, d):
+            yield ((fixed, v), (fixed, v2)) if op == "add" else ((v, fixed), (v2, fixed))
 
 
-def _build_arithmetic(params: tuple, rng: random.Random) -> PreferencePair:
-    op, a, b, question = params
-    sym, fn, _ = _OPS[op]
-    answer = fn(a, b)
-    wrong = _near_miss(op, a, b, answer, rng)
+def _arithmetic_couples(op: str) -> list[tuple]:
+    """(op, problem, problem, question, operands swapped) for every couple; sums and products are
+    also asked with their operands the other way round, in the same split group."""
+    orders = (False, True) if op != "subtract" else (False,)
+    return [
+        (op, p1, p2, question, swap)
+        for p1, p2 in _problem_couples(op)
+        for question in _OPS[op][2]
+        for swap in orders
+    ]
+
+
+def _build_arithmetic(params: tuple, rng: random.Random) -> list[PreferencePair]:
+    op, p1, p2, question, swap = params
+    symbol, fn, _ = _OPS[op]
     template = rng.choice(_ARITHMETIC_ANSWERS)
-    chosen, rejected = (template.format(a=a, b=b, sym=sym, x=x) for x in (answer, wrong))
-    # The same problem under another wording, or with its operands swapped, stays in one group.
-    key = (min(a, b), max(a, b)) if op != "subtract" else (a, b)
-    group = f"arithmetic:{op}:{key[0]}:{key[1]}"
-    spec = {"kind": "arithmetic", "answer": answer}
-    return _pair(question.format(a=a, b=b), chosen, rejected, "arithmetic", op, group, spec)
+    group = f"arithmetic:{op}:{p1[0]}:{p1[1]}/{p2[0]}:{p2[1]}"
+    pairs = []
+    for (a, b), other in ((p1, p2), (p2, p1)):
+        answer, wrong = fn(a, b), fn(*other)
+        a, b = (b, a) if swap else (a, b)
+        chosen, rejected = (template.format(a=a, b=b, s=symbol, x=x) for x in (answer, wrong))
+        spec = {"kind": "arithmetic", "answer": answer}
+        pairs.append(
+            _pair(
+                question.format(a=a, b=b),
+                chosen,
+                rejected,
+                skill="arithmetic",
+                subtype=op,
+                group=group,
+                spec=spec,
+            )
+        )
+    return pairs
 
 
-def _arithmetic_pools() -> list[_Pool]:
-    return [_Pool(op, [(op, a, b, q) for a, b in _operands(op) for q in _OPS[op][2]],
-                  _build_arithmetic) for op in _OPS]
-
-
-# -------------------------------------------------------------------------------- format
-_TOPICS = (
-    "the sea", "the moon", "the desert", "winter", "summer", "autumn", "spring", "coffee", "tea",
-    "music", "the city", "a small town", "the night sky", "snow", "the weekend", "breakfast",
-    "an old book", "the wind", "the morning", "the train", "my cat", "the park", "mountain air",
-    "a rainy day", "the beach", "the kitchen", "chess", "my bicycle", "cooking", "jazz",
-    "starlight", "a campfire", "a thunderstorm", "soup", "fresh bread", "the zoo",
-    "the holiday season", "my dog", "history", "painting", "the ocean", "a sunset", "fresh fruit",
-    "the subway", "football", "a warm bath", "the first snow", "a picnic",
+# ---------------------------------------------------------------------------------------- format
+_TOPICS = _split(
+    """the sea | the moon | the desert | winter | summer | autumn | spring | coffee | tea | music |
+    the city | a small town | the night sky | snow | the weekend | breakfast | an old book |
+    the wind | the morning | the train | my cat | the park | mountain air | a rainy day |
+    the beach | the kitchen | chess | my bicycle | cooking | jazz | starlight | a campfire |
+    a thunderstorm | soup | fresh bread | the zoo | the holiday season | my dog | history |
+    painting | the ocean | a sunset | fresh fruit | the subway | football | a warm bath |
+    the first snow | a picnic"""
 )
-_ADJECTIVES = (
-    "calm", "bright", "quiet", "warm", "lovely", "gentle", "busy", "strange", "simple",
-    "peaceful", "cozy", "friendly", "cold", "wild", "soft", "happy", "pleasant", "golden",
-    "lively", "charming", "sleepy", "curious", "magical", "noisy",
+_ADJECTIVES = _split(
+    """calm bright quiet warm lovely gentle busy strange simple peaceful cozy friendly cold wild
+    soft happy pleasant golden lively charming sleepy curious magical noisy""",
+    None,
 )
-_KEYWORDS = (
-    "river", "garden", "bridge", "forest", "market", "castle", "lantern", "window", "hill",
-    "harbor", "library", "candle", "meadow", "tower", "island", "village", "kettle", "mirror",
-    "blanket", "ladder", "orchard", "valley", "station", "cottage", "fountain", "basket", "pillow",
-    "wagon", "compass", "chimney",
+# 32 keywords, none in a topic or template: word i is matched with word i XOR m (a perfect
+# matching for any m in 1..31), m varying with the prompt.
+_KEYWORDS = _split(
+    """river garden bridge forest market castle lantern window hill harbor library candle meadow
+    tower island village kettle mirror blanket ladder orchard valley station cottage fountain
+    basket pillow wagon compass chimney lighthouse barn""",
+    None,
 )
-_CASE_ASKS = ("Describe {t} in one sentence.", "Tell me what you think of {t}.",
-              "Write one short line about {t}.", "Say something about {t}.",
-              "Give me your view on {t}.")
+_CASE_ASKS = _split(
+    """Describe {t} in one sentence. | Tell me what you think of {t}. |
+    Write one short line about {t}. | Say something about {t}. | Give me your view on {t}."""
+)
+# (kind, case of the sentence): four rules, then the same four with one word in the other case.
 _CASE_RULES = {
-    "all_caps": ("Use only capital letters.", "Write in all caps.", "Reply in ALL CAPS.",
-                 "Capital letters only, please."),
-    "lowercase": ("Use only lowercase letters.", "Write in all lowercase.",
-                  "Reply with no capital letters.", "Lowercase letters only, please."),
+    ("all_caps", "upper"): _split(
+        """Use only capital letters. | Write in all caps. | Reply in ALL CAPS. |
+        Capital letters only, please."""
+    ),
+    ("lowercase", "lower"): _split(
+        """Use only lowercase letters. | Write in all lowercase. | Reply with no capital letters. |
+        Lowercase letters only, please."""
+    ),
+    ("case_except", "upper"): _split(
+        """Use only capital letters, but write "{w}" in lowercase. |
+        Write in all caps, except the word "{w}" in lowercase. |
+        Reply in ALL CAPS apart from "{w}", which stays lowercase. |
+        Capital letters only, please, but keep "{w}" lowercase."""
+    ),
+    ("case_except", "lower"): _split(
+        """Use only lowercase letters, but write "{w}" in capitals. |
+        Write in all lowercase, except the word "{w}" in caps. |
+        Reply with no capital letters apart from "{w}", which is in caps. |
+        Lowercase letters only, please, but put "{w}" in capitals."""
+    ),
 }
-_CASE_SENTENCES = ("{T} is {a} and {b}.", "I think {t} is {a}.", "{T} always seems {a} to me.",
-                   "Most people find {t} {a} and {b}.", "To me, {t} is {a} but {b}.")
-_KEYWORD_ASKS = ('Write a sentence about {t} that uses the word "{w}".',
-                 'Mention the word "{w}" in one sentence about {t}.',
-                 'Write one line about {t}. Include the word "{w}".')
-_KEYWORD_SENTENCES = ("{T} reminds me of the {w} near my home.",
-                      "I thought about {t} while walking past the {w}.",
-                      "{T} is best enjoyed near the {w}.", "We talked about {t} by the {w}.")
-_COUNT_ASKS = ("Describe {t} in exactly {n} words.", "Using exactly {n} words, describe {t}.",
-               "Write exactly {n} words about {t}.", "Tell me about {t} in exactly {n} words.")
-_LIST_ASKS = (("List exactly {k} {c}.", None), ("Name {k} {c} as a numbered list.", "numbered"),
-              ("Give a bulleted list of {k} {c}.", "bulleted"),
-              ("Write a list of exactly {k} {c}, one per line.", None),
-              ("List {k} {c}, one per line.", None))
-_CATEGORIES = {
+_CASE_SENTENCES = _split(
+    """{T} is {a} and {b}. | I think {t} is {a}. | {T} always seems {a} to me. |
+    Most people find {t} {a} and {b}. | To me, {t} is {a} but {b}."""
+)
+_KEYWORD_ASKS = _split(
+    """Write a sentence about {t} that uses the word "{w}". |
+    Mention the word "{w}" in one sentence about {t}. |
+    Write one line about {t}. Include the word "{w}"."""
+)
+_KEYWORD_SENTENCES = _split(
+    """{T} reminds me of the {w} near my home. | I thought about {t} while walking past the {w}. |
+    {T} is best enjoyed near the {w}. | We talked about {t} by the {w}."""
+)
+_COUNT_ASKS = _split(
+    """Describe {t} in exactly {n} words. | Using exactly {n} words, describe {t}. |
+    Write exactly {n} words about {t}. | Tell me about {t} in exactly {n} words. |
+    In exactly {n} words, what is {t} like? | Give a description of {t} exactly {n} words long."""
+)
+_LIST_ASKS = (  # (ask, list style; None: either)
+    ("List exactly {k} {c}.", None),
+    ("Name {k} {c} as a numbered list.", "numbered"),
+    ("Give a bulleted list of {k} {c}.", "bulleted"),
+    ("Write a list of exactly {k} {c}, one per line.", None),
+    ("List {k} {c}, one per line.", None),
+    ("Give me exactly {k} {c} as a list.", None),
+    ("Name exactly {k} {c}, one per line.", None),
+    ("Make a numbered list of {k} {c}.", "numbered"),
+)
+_CATEGORIES = {  # "_" joins a two-word item
     "fruits": "apples bananas cherries grapes lemons mangoes pears plums",
     "vegetables": "carrots onions peas potatoes spinach broccoli cabbage leeks",
     "colors": "red blue green yellow purple orange pink brown",
@@ -323,137 +430,175 @@ _CATEGORIES = {
     "rooms in a house": "kitchen bedroom bathroom attic cellar hallway garage study",
     "things in a garden": "hoses shovels seeds flowers fences benches ponds gnomes",
 }
-# Sizes of the two responses of a word-count or list pair: `lo` and `lo + 1`, either one chosen.
-# The edge sizes can only be chosen one way, so they get half weight: then the pair of sizes says
-# nothing about which response is the right one.
-_ADJECTIVE_COUNTS = range(2, 6)
-_LIST_SIZES = range(2, 6)
+# Sizes (adjectives of a word-count sentence, items of a list) a couple asks for: `lo` in one
+# prompt and `lo + 1` in the other, the same two responses swapped. Even asks match 2-3 and 4-5,
+# odd asks 3-4, so a middle size is wrong-answered by one more as often as by one fewer.
+_SIZES = ((2, 4), (3,))
 
 
-def _edge_half(value: int, sizes: range) -> float:
-    return 0.5 if value in (sizes[0], sizes[-1]) else 1.0
+def _size_couples(items: Sequence[str], asks: Sequence) -> list[tuple[str, Any, int]]:
+    return [(item, ask, lo) for item in items for i, ask in enumerate(asks) for lo in _SIZES[i % 2]]
 
 
-def _other_size(size: int, sizes: range, rng: random.Random) -> int:
-    if size == sizes[0]:
-        return size + 1
-    if size == sizes[-1]:
-        return size - 1
-    return size + rng.choice((-1, 1))
+def _case_couples() -> list[tuple]:
+    """(case, topic, ask, rule index): the plain rule and its one-word exception as a couple."""
+    return [
+        (case, t, a, r)
+        for case in ("upper", "lower")
+        for t in _TOPICS
+        for a in _CASE_ASKS
+        for r in range(4)
+    ]
 
 
-def _build_case(params: tuple, rng: random.Random) -> PreferencePair:
-    """All caps vs one word left lower case, or all lower case vs one word in capitals.
+_PLAIN = {"a", "an", "i", "is", "me", "to", "my", "and", "but", "the"}  # no odd word: too small
 
-    The odd word is flipped to the *other* subtype's case, so every word form appears as often in
-    chosen as in rejected responses across the two subtypes.
+
+def _build_case(params: tuple, rng: random.Random) -> list[PreferencePair]:
+    """All in one case vs one word in the other, and the same two the other way round.
+
+    "Use only capital letters" prefers ALL CAPS to ALL CAPS with "calm" in lowercase; its mirror
+    "Use only capital letters, but write "calm" in lowercase" prefers the second.
     """
-    kind, topic, ask, rule = params
+    case, topic, ask, rule = params
+    plain_kind = "all_caps" if case == "upper" else "lowercase"
     a, b = rng.sample(_ADJECTIVES, 2)
     sentence = rng.choice(_CASE_SENTENCES).format(t=topic, T=_upper_first(topic), a=a, b=b)
-    good, flip = (str.upper, str.lower) if kind == "all_caps" else (str.lower, str.upper)
-    words = good(sentence).split(" ")
-    i = rng.choice([j for j, w in enumerate(words) if sum(c.isalpha() for c in w) >= 3])
-    rejected = " ".join(words[:i] + [flip(words[i])] + words[i + 1:])
-    prompt = f"{ask.format(t=topic)} {rule}"
-    return _pair(prompt, " ".join(words), rejected, "format", kind, f"{kind}:{topic}",
-                 {"kind": kind})
+    same, other = (str.upper, str.lower) if case == "upper" else (str.lower, str.upper)
+    words = same(sentence).split(" ")
+    bare = [w.strip(".,").lower() for w in words]
+    i = rng.choice([j for j, w in enumerate(bare) if w not in _PLAIN and bare.count(w) == 1])
+    plain, odd = " ".join(words), " ".join([*words[:i], other(words[i]), *words[i + 1 :]])
+    ask = ask.format(t=topic)
+    plain_rule = _CASE_RULES[plain_kind, case][rule]
+    except_rule = _CASE_RULES["case_except", case][rule].format(w=bare[i])
+    group = f"case:{topic}"
+    except_spec = {"kind": "case_except", "case": case, "word": bare[i]}
+    return [
+        _pair(
+            f"{ask} {plain_rule}",
+            plain,
+            odd,
+            skill="format",
+            subtype=plain_kind,
+            group=group,
+            spec={"kind": plain_kind},
+        ),
+        _pair(
+            f"{ask} {except_rule}",
+            odd,
+            plain,
+            skill="format",
+            subtype="case_except",
+            group=group,
+            spec=except_spec,
+        ),
+    ]
 
 
-def _build_keyword(params: tuple, rng: random.Random) -> PreferencePair:
-    """The keyword vs a same-slot substitute; both are drawn from one pool, so they balance."""
-    topic, word, ask = params
-    other = rng.choice([w for w in _KEYWORDS if w != word])
+def _keyword_couples() -> list[tuple]:
+    """(topic, ask, keyword, mate): keyword i and mate i XOR m, m varying with topic and ask."""
+    couples = []
+    for t, topic in enumerate(_TOPICS):
+        for a, ask in enumerate(_KEYWORD_ASKS):
+            m = 1 + (5 * t + 11 * a) % 31
+            couples += [
+                (topic, ask, _KEYWORDS[i], _KEYWORDS[i ^ m]) for i in range(32) if i < i ^ m
+            ]
+    return couples
+
+
+def _build_keyword(params: tuple, rng: random.Random) -> list[PreferencePair]:
+    """Each of two keywords asked for, the other one in the same slot as the near miss."""
+    topic, ask, word, mate = params
     template = rng.choice(_KEYWORD_SENTENCES)
-    chosen, rejected = (template.format(t=topic, T=_upper_first(topic), w=w) for w in (word, other))
-    return _pair(ask.format(t=topic, w=word), chosen, rejected, "format", "keyword",
-                 f"keyword:{topic}:{word}", {"kind": "keyword", "word": word})
+    text = {w: template.format(t=topic, T=_upper_first(topic), w=w) for w in (word, mate)}
+    return [
+        _pair(
+            ask.format(t=topic, w=w),
+            text[w],
+            text[other],
+            skill="format",
+            subtype="keyword",
+            group=f"keyword:{topic}",
+            spec={"kind": "keyword", "word": w},
+        )
+        for w, other in ((word, mate), (mate, word))
+    ]
 
 
-def _adjective_list(words: list[str]) -> str:
-    return " and ".join(words) if len(words) == 2 else ", ".join(words[:-1]) + ", and " + words[-1]
+def _adjective_sentence(topic: str, adjectives: Sequence[str]) -> str:
+    """`<Topic> is a and b.` or `<Topic> is a, b, and c.`"""
+    *head, last = adjectives
+    joined = f"{head[0]} and {last}" if len(head) == 1 else f"{', '.join(head)}, and {last}"
+    return f"{_upper_first(topic)} is {joined}."
 
 
-def _build_word_count(params: tuple, rng: random.Random) -> PreferencePair:
-    """`<Topic> is a, b, and c.` with one adjective more or fewer than asked for."""
-    topic, ask, m = params
-    other = _other_size(m, _ADJECTIVE_COUNTS, rng)
-    longer = rng.sample(_ADJECTIVES, max(m, other))
-    shorter = longer[:]
-    del shorter[rng.randrange(len(shorter))]
-    chosen, rejected = (longer, shorter) if m > other else (shorter, longer)
-    chosen_text, rejected_text = (f"{_upper_first(topic)} is {_adjective_list(adjs)}."
-                                  for adjs in (chosen, rejected))
-    n = len(chosen_text.split())
-    return _pair(ask.format(t=topic, n=n), chosen_text, rejected_text, "format", "word_count",
-                 f"word_count:{topic}:{n}", {"kind": "word_count", "n": n})
+def _build_word_count(params: tuple, rng: random.Random) -> list[PreferencePair]:
+    """A sentence of lo + 1 adjectives and the same less one; each is asked for once."""
+    topic, ask, lo = params
+    longer = rng.sample(_ADJECTIVES, lo + 1)
+    drop = rng.randrange(lo + 1)
+    shorter = [w for i, w in enumerate(longer) if i != drop]
+    texts = [_adjective_sentence(topic, adjs) for adjs in (shorter, longer)]
+    pairs = []
+    for chosen, rejected in (texts, texts[::-1]):
+        n = len(chosen.split())
+        pairs.append(
+            _pair(
+                ask.format(t=topic, n=n),
+                chosen,
+                rejected,
+                skill="format",
+                subtype="word_count",
+                group=f"word_count:{topic}",
+                spec={"kind": "word_count", "n": n},
+            )
+        )
+    return pairs
 
 
-def _build_list(params: tuple, rng: random.Random) -> PreferencePair:
-    """A list of exactly k items vs the same list with one item more or fewer."""
-    category, (ask, style), k = params
-    other = _other_size(k, _LIST_SIZES, rng)
-    items = [w.replace("_", " ") for w in _CATEGORIES[category].split()]
-    longer = [_upper_first(w) for w in rng.sample(items, max(k, other))]
-    shorter = longer[:]
-    del shorter[rng.randrange(len(shorter))]
-    style = style or rng.choice(("numbered", "bulleted"))
-    chosen, rejected = (_render_list(lst, style) for lst in
-                        ((longer, shorter) if k > other else (shorter, longer)))
-    return _pair(ask.format(k=k, c=category), chosen, rejected, "format", "list_items",
-                 f"list_items:{category}:{k}", {"kind": "list_items", "k": k})
-
-
-def _render_list(items: list[str], style: str) -> str:
+def _render_list(items: Sequence[str], style: str) -> str:
     if style == "numbered":
         return "\n".join(f"{i}. {item}" for i, item in enumerate(items, 1))
     return "\n".join(f"- {item}" for item in items)
 
 
-def _format_pools() -> list[_Pool]:
-    case = [_Pool(kind, [(kind, t, a, r) for t in _TOPICS for a in _CASE_ASKS for r in rules],
-                  _build_case) for kind, rules in _CASE_RULES.items()]
-    keyword = _Pool("keyword", [(t, w, a) for t in _TOPICS for w in _KEYWORDS
-                                for a in _KEYWORD_ASKS], _build_keyword)
-    count_params = [(t, a, m) for t in _TOPICS for a in _COUNT_ASKS for m in _ADJECTIVE_COUNTS]
-    count = _Pool("word_count", count_params, _build_word_count,
-                  [_edge_half(m, _ADJECTIVE_COUNTS) for *_, m in count_params])
-    list_params = [(c, a, k) for c in _CATEGORIES for a in _LIST_ASKS for k in _LIST_SIZES]
-    lists = _Pool("list_items", list_params, _build_list,
-                  [_edge_half(k, _LIST_SIZES) for *_, k in list_params])
-    return [*case, keyword, count, lists]
+def _build_list(params: tuple, rng: random.Random) -> list[PreferencePair]:
+    """A list of lo + 1 items and the same less one; each is asked for once."""
+    category, (ask, style), lo = params
+    items = [_upper_first(w.replace("_", " ")) for w in _CATEGORIES[category].split()]
+    longer = rng.sample(items, lo + 1)
+    drop = rng.randrange(lo + 1)
+    style = style or rng.choice(("numbered", "bulleted"))
+    lists = [[w for i, w in enumerate(longer) if i != drop], longer]
+    texts = [_render_list(lst, style) for lst in lists]
+    return [
+        _pair(
+            ask.format(k=len(lst), c=category),
+            chosen,
+            rejected,
+            skill="format",
+            subtype="list_items",
+            group=f"list_items:{category}",
+            spec={"kind": "list_items", "k": len(lst)},
+        )
+        for lst, chosen, rejected in ((lists[0], *texts), (lists[1], *texts[::-1]))
+    ]
 
 
-# ---------------------------------------------------------------------------- generation
-@dataclass(frozen=True)
-class _Pool:
-    """Every distinct prompt of one subtype, as parameters, and how to build a pair from one."""
-
-    name: str
-    params: list[tuple]
-    build: Callable[[tuple, random.Random], PreferencePair]
-    weights: list[float] | None = None
-
-    def sample(self, k: int, rng: random.Random) -> list[tuple]:
-        """k distinct parameter sets, weighted without replacement (Efraimidis-Spirakis keys)."""
-        weights = self.weights or [1.0] * len(self.params)
-        keys = [rng.random() ** (1.0 / w) for w in weights]
-        top = sorted(range(len(keys)), key=keys.__getitem__, reverse=True)[:k]
-        return [self.params[i] for i in top]
-
-
-_POOLS: dict[str, Callable[[], list[_Pool]]] = {
-    "arithmetic": _arithmetic_pools,
-    "facts": lambda: [_facts_pool()],
-    "format": _format_pools,
-}
-
-
-def _pair(prompt: str, chosen: str, rejected: str, skill: str, subtype: str, group: str,
-          spec: dict[str, Any]) -> PreferencePair:
-    meta = {"skill": skill, "subtype": subtype, "group": group, "spec": spec}
-    return PreferencePair(prompt=[{"role": "user", "content": prompt}], chosen=chosen,
-                          rejected=rejected, source="builtin", meta=meta)
+# ------------------------------------------------------------------------------------ generation
+def _pools(skill: str) -> list[_Pool]:
+    if skill == "arithmetic":
+        return [_Pool(op, _arithmetic_couples(op), _build_arithmetic) for op in _OPS]
+    if skill == "facts":
+        return [_Pool("facts", _fact_couples(), _build_facts)]
+    return [
+        _Pool("case", _case_couples(), _build_case),
+        _Pool("keyword", _keyword_couples(), _build_keyword),
+        _Pool("word_count", _size_couples(_TOPICS, _COUNT_ASKS), _build_word_count),
+        _Pool("list_items", _size_couples(list(_CATEGORIES), _LIST_ASKS), _build_list),
+    ]
 
 
 def _shares(n: int, k: int) -> list[int]:
@@ -462,76 +607,74 @@ def _shares(n: int, k: int) -> list[int]:
 
 
 def _round_robin(lists: list[list[PreferencePair]]) -> list[PreferencePair]:
-    n = sum(map(len, lists))
+    """Interleave lists whose lengths are `_shares` of the total: one from each in turn."""
     iters = [iter(lst) for lst in lists]
-    return [next(iters[i % len(iters)]) for i in range(n)]
+    return [next(iters[i % len(iters)]) for i in range(sum(map(len, lists)))]
 
 
 def _generate_skill(skill: str, n: int, rng: random.Random) -> list[PreferencePair]:
-    pools = _POOLS[skill]()
+    """n pairs of a skill, its pools in equal shares; an odd share cuts its last couple."""
+    pools = _pools(skill)
     per_pool = []
     for pool, share in zip(pools, _shares(n, len(pools)), strict=True):
-        if share > len(pool.params):
+        if share > 2 * len(pool.params):
             raise ValueError(
-                f"skill {skill!r} subtype {pool.name!r} has only {len(pool.params)} unique "
-                f"prompts but {share} were asked for; lower n (the subtypes share a skill's "
-                f"pairs equally)"
+                f"skill {skill!r}: {pool.name!r} can make {2 * len(pool.params)} unique pairs but "
+                f"{share} were asked for (a skill's pairs are shared equally by its subtypes); "
+                f"ask for fewer pairs"
             )
-        per_pool.append([pool.build(p, rng) for p in pool.sample(share, rng)])
+        couples = rng.sample(pool.params, -(-share // 2))
+        per_pool.append([pair for c in couples for pair in pool.build(c, rng)][:share])
     return _round_robin(per_pool)
 
 
-def generate_pairs(n: int, seed: int = 0,
-                   skills: Sequence[str] | None = None) -> list[PreferencePair]:
-    """n built-in pairs, the skills in equal shares and interleaved round-robin.
+def generate_pairs(
+    n: int, seed: int = 0, skills: Sequence[str] | None = None
+) -> list[PreferencePair]:
+    """n built-in pairs, the skills in equal shares, interleaved round-robin.
 
-    Deterministic for a seed. Prompts are unique. Every pair's `meta` holds the `skill`, its
-    `subtype`, the split `group` and the `spec` that `verify` judges responses against.
+    Deterministic for a seed; every prompt is unique (one user message, no system message). Each
+    pair's `meta` holds `skill`, `subtype`, the split `group` and the `spec` that `verify` judges
+    any response against. ValueError for an unknown skill or more pairs than the templates make.
     """
     skills = tuple(SKILLS if skills is None else skills)
-    unknown = [s for s in skills if s not in SKILLS]
-    if unknown or not skills or len(set(skills)) != len(skills):
-        raise ValueError(f"skills must be distinct names from {', '.join(SKILLS)}; got {skills}")
+    if not skills or len(set(skills)) != len(skills) or not set(skills) <= set(SKILLS):
+        raise ValueError(f"skills must be distinct names among {', '.join(SKILLS)}; got {skills}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     rng = random.Random(seed)
-    per_skill = [_generate_skill(s, k, rng) for s, k in zip(skills, _shares(n, len(skills)),
-                                                            strict=True)]
-    pairs = _round_robin(per_skill)
+    shares = _shares(n, len(skills))
+    pairs = _round_robin([_generate_skill(s, k, rng) for s, k in zip(skills, shares, strict=True)])
     if len({p.prompt[0]["content"] for p in pairs}) != len(pairs):
-        raise AssertionError("built-in templates produced a duplicate prompt")
+        raise AssertionError("the built-in templates made a duplicate prompt")
     return pairs
 
 
-def split_pairs(pairs: Sequence[PreferencePair], test_fraction: float = 0.2,
-                seed: int = 0) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """(train, test) by a stable hash of each pair's group, so no group is on both sides.
+def split_pairs(
+    pairs: Sequence[PreferencePair], test_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """(train, test) by a stable hash of (seed, meta["group"]), so no group is on both sides.
 
-    The fraction holds over groups, not pairs: with few groups (facts has 33) the share of pairs
-    in test varies around it.
+    The fraction holds over groups, not pairs: facts has only 33 groups (clusters of three
+    facts), so its share of test pairs varies around the fraction from seed to seed.
     """
     if not 0.0 <= test_fraction <= 1.0:
         raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction}")
     train, test = [], []
     for pair in pairs:
         digest = hashlib.sha256(f"{seed}:{pair.meta['group']}".encode()).digest()
-        u = int.from_bytes(digest[:8], "big") / 2**64
-        (test if u < test_fraction else train).append(pair)
+        in_test = int.from_bytes(digest[:8], "big") / 2**64 < test_fraction
+        (test if in_test else train).append(pair)
     return train, test
 
 
-# ------------------------------------------------------------------------------ verifier
-_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
+# -------------------------------------------------------------------------------------- verifier
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")  # "-9", but not the "-" of "47-38"
 _LIST_LINE = re.compile(r"^\s*(?:[-*]|\d+[.)])\s+\S", re.MULTILINE)
 
 
-def _words(response: str) -> list[str]:
-    """Whitespace-separated tokens that contain a letter or a digit (so "-" or "—" is no word)."""
-    return [w for w in response.split() if any(c.isalnum() for c in w)]
-
-
 def _verify_arithmetic(spec: dict[str, Any], response: str) -> bool:
-    numbers = _NUMBER.findall(re.sub(r"(?<=\d),(?=\d{3}\b)", "", response))
+    numbers = _NUMBER.findall(re.sub(r"(?<=\d),(?=\d{3}\b)", "", response))  # "1,234" -> "1234"
     return bool(numbers) and float(numbers[-1]) == spec["answer"]
 
 
@@ -542,37 +685,60 @@ def _verify_facts(spec: dict[str, Any], response: str) -> bool:
     return found == {spec["answer"]}
 
 
-def _verify_case(response: str, want: Callable[[str], str]) -> bool:
-    words = [w for w in response.split() if any(c.isalpha() for c in w)]
-    return bool(words) and all(want(w) == w for w in words)
+def _lettered(response: str) -> list[str]:
+    return [w for w in response.split() if any(c.isalpha() for c in w)]
+
+
+def _verify_case(response: str, case: str, word: str | None = None) -> bool:
+    """Every lettered word in `case` ("upper"/"lower"), but `word` (present) in the other case."""
+    words = _lettered(response)
+    odd = [w for w in words if word is not None and w.strip(".,!?;:\"'").lower() == word.lower()]
+    same, other = (str.upper, str.lower) if case == "upper" else (str.lower, str.upper)
+    rest_ok = all(same(w) == w for w in words if w not in odd)
+    odd_ok = word is None or (bool(odd) and all(other(w) == w for w in odd))
+    return bool(words) and rest_ok and odd_ok
+
+
+def _verify_keyword(spec: dict[str, Any], response: str) -> bool:
+    return (
+        re.search(rf"(?<!\w){re.escape(spec['word'])}(?!\w)", response, re.IGNORECASE) is not None
+    )
+
+
+def _word_count(response: str) -> int:
+    return sum(any(c.isalnum() for c in token) for token in response.split())
 
 
 _VERIFIERS: dict[str, Callable[[dict[str, Any], str], bool]] = {
     "arithmetic": _verify_arithmetic,
     "facts": _verify_facts,
-    "all_caps": lambda spec, r: _verify_case(r, str.upper),
-    "lowercase": lambda spec, r: _verify_case(r, str.lower),
-    "keyword": lambda spec, r: re.search(rf"(?<!\w){re.escape(spec['word'])}(?!\w)", r,
-                                         re.IGNORECASE) is not None,
-    "word_count": lambda spec, r: len(_words(r)) == spec["n"],
-    "list_items": lambda spec, r: len(_LIST_LINE.findall(r)) == spec["k"],
+    "all_caps": lambda spec, response: _verify_case(response, "upper"),
+    "lowercase": lambda spec, response: _verify_case(response, "lower"),
+    "case_except": lambda spec, response: _verify_case(response, spec["case"], spec["word"]),
+    "keyword": _verify_keyword,
+    "word_count": lambda spec, response: _word_count(response) == spec["n"],
+    "list_items": lambda spec, response: len(_LIST_LINE.findall(response)) == spec["k"],
 }
 
 
 def verify(spec: dict[str, Any], response: str) -> bool:
-    """Whether a free-form response meets a pair's spec (gold, independent of any model).
+    """Whether a free-form response (a model's, say) meets a pair's spec; the gold judge.
 
     - arithmetic: the last number in the response equals the answer ("47 + 38 = 85" passes).
-    - facts: the answer or an alias appears (case-insensitive, whole words, a plural "s" allowed)
-      and no other answer of the same kind from the table does.
-    - all_caps / lowercase: at least one word has letters, and every such word is in that case.
-    - keyword: the word appears as a whole word, any case.
-    - word_count: exactly n words, a word being a whitespace-separated token with a letter or
-      digit in it.
-    - list_items: exactly k lines start with "- ", "* ", "N." or "N)".
+    - facts: the answer or an alias appears (any case, whole words, a plural "s" allowed) and no
+      other answer of that relation in the table does ("Paris, not Lyon" passes, "Paris or
+      Berlin" fails).
+    - all_caps / lowercase: some word has a letter, and every such word is wholly in that case.
+    - case_except: likewise in `case` ("upper"/"lower"), except `word`, which must appear and be
+      wholly in the other case.
+    - keyword: the word appears as a whole word, in any case ("rivers" does not count).
+    - word_count: exactly n words, a word being a whitespace-separated token with a letter or a
+      digit in it (a lone "-" is no word; "well-known" is one).
+    - list_items: exactly k lines start with "- ", "* ", "N." or "N)"; other lines are allowed.
     """
-    verifier = _VERIFIERS.get(spec.get("kind"))
-    if verifier is None:
-        raise ValueError(f"unknown spec kind {spec.get('kind')!r}; expected one of "
-                         f"{', '.join(_VERIFIERS)}")
-    return verifier(spec, response)
+    judge = _VERIFIERS.get(spec.get("kind"))
+    if judge is None:
+        raise ValueError(
+            f"unknown spec kind {spec.get('kind')!r}; expected one of {', '.join(_VERIFIERS)}"
+        )
+    return judge(spec, response)

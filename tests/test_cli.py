@@ -1,0 +1,153 @@
+"""The CLI end to end on a tiny random model, and one-line errors (exit 2) for bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from hafrm.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    args = [
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--max-steps",
+        "4",
+        "--eval-steps",
+        "2",
+        "--builtin-pairs",
+        "48",
+        "--output-dir",
+        str(out),
+        "--batch-size",
+        "4",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_train_writes_model_metrics_and_table(trained):
+    out, result = trained
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "reward_head.safetensors",
+        "hafrm_config.json",
+        "tokenizer.json",
+        "metrics.json",
+    ):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("eval/reward_head/accuracy", "eval/implicit/accuracy", "eval/accuracy", "train/pairs"):
+        assert key in metrics, key
+    assert 0.0 <= metrics["eval/reward_head/accuracy"] <= 1.0
+    assert metrics["train/steps"] == 4
+    assert "reward_head" in result.output and "implicit" in result.output and "│ all" in result.output
+    assert json.loads((out / "hafrm_config.json").read_text())["mode"] == "hybrid"
+
+
+def test_eval_command_reproduces_training_metrics(trained, tmp_path):
+    out, _ = trained
+    dest = tmp_path / "m.json"
+    result = runner.invoke(app, ["eval", str(out), "--data", "builtin", "--out", str(dest)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(dest.read_text())
+    trained_metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["reward_head/accuracy"] == pytest.approx(trained_metrics["eval/reward_head/accuracy"])
+    assert metrics["implicit/accuracy"] == pytest.approx(trained_metrics["eval/implicit/accuracy"])
+
+
+def test_score_jsonl_both_shapes(trained, tmp_path):
+    out, _ = trained
+    singles = tmp_path / "singles.jsonl"
+    singles.write_text(
+        json.dumps({"prompt": "What is 2 + 2?", "response": "4"})
+        + "\n"
+        + json.dumps({"prompt": [{"role": "user", "content": "Hi"}], "response": "Hello!"})
+        + "\n"
+    )
+    result = runner.invoke(app, ["score", str(out), "--input", str(singles)])
+    assert result.exit_code == 0, result.output
+    assert len([float(x) for x in result.stdout.split()]) == 2
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "5"}) + "\n")
+    dest = tmp_path / "scored.jsonl"
+    result = runner.invoke(app, ["score", str(out), "--input", str(pairs), "--output", str(dest)])
+    assert result.exit_code == 0, result.output
+    row = json.loads(dest.read_text())
+    assert row["chosen"] == "4" and isinstance(row["score_chosen"], float) and "score_rejected" in row
+
+
+def test_other_modes_train(tiny_model_dir, tmp_path):
+    for mode, extra in (("reward", []), ("dpo", []), ("hybrid", ["--loss", "simpo"])):
+        args = [
+            "train",
+            "--model",
+            str(tiny_model_dir),
+            "--mode",
+            mode,
+            "--max-steps",
+            "2",
+            "--builtin-pairs",
+            "24",
+            "--output-dir",
+            str(tmp_path / mode),
+            *extra,
+        ]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (mode, result.output)
+        assert (tmp_path / mode / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--mode", "ppo"], "unknown mode 'ppo'; accepted: hybrid, reward, dpo"),
+        (["train", "--loss", "kto"], "unknown loss 'kto'"),
+        (["train", "--alpha", "-1"], "alpha must be >= 0"),
+        (["train", "--model", "./no/such/model"], "model path ./no/such/model does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_empty_dataset_is_one_line_exit_2(tiny_model_dir, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    result = runner.invoke(
+        app, ["train", "--model", str(tiny_model_dir), "--data", str(empty), "--output-dir", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2
+    assert "empty.jsonl: no preference pairs" in result.output
+
+
+def test_malformed_line_is_named(tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n" + '{"prompt": "a", "chosen": 3}\n'
+    )
+    result = runner.invoke(
+        app, ["train", "--model", str(tiny_model_dir), "--data", str(bad), "--output-dir", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2
+    assert "bad.jsonl:2: missing field 'rejected'" in result.output
+
+
+def test_real_process_prints_no_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "hafrm.cli", "train", "--mode", "nope"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert "unknown mode 'nope'" in proc.stderr and "Traceback" not in proc.stderr

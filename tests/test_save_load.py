@@ -1,0 +1,37 @@
+"""Save -> load gives the same scores; the folder also loads as a plain causal LM."""
+
+import torch
+from transformers import AutoModelForCausalLM
+
+import hafrm
+from hafrm.model import HybridRewardModel
+from helpers import make_pairs, tiny_backbone
+
+
+def test_save_load_identical_scores(tokenizer, tmp_path):
+    model = HybridRewardModel(tiny_backbone("qwen2", len(tokenizer)))
+    torch.nn.init.normal_(model.reward_head.weight, std=0.5)
+    model.reward_head.bias.data.fill_(0.25)
+    model.save_pretrained(tmp_path, hafrm_config={"mode": "hybrid", "inference_head": "reward", "beta": 0.1})
+    tokenizer.save_pretrained(tmp_path)
+    pairs = make_pairs(5)
+    prompts = [p.prompt for p in pairs]
+    responses = [p.chosen for p in pairs]
+    from hafrm.scoring import RewardModel
+
+    before = RewardModel(model, tokenizer, {"beta": 0.1}, tmp_path).score_batch(prompts, responses, batch_size=2)
+    loaded = hafrm.load(tmp_path)
+    after = loaded.score_batch(prompts, responses, batch_size=3)
+    assert torch.allclose(torch.tensor(before), torch.tensor(after), atol=1e-6)
+    assert len(set(round(x, 5) for x in after)) > 1  # the scores really depend on the input
+    assert loaded.score(prompts[0], responses[0]) == after[0]
+    # the policy head is an ordinary causal LM folder
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert torch.equal(plain.lm_head.weight, loaded.model.backbone.lm_head.weight)
+
+
+def test_load_rejects_a_non_hafrm_folder(tiny_model_dir):
+    import pytest
+
+    with pytest.raises(hafrm.HafError, match="reward_head.safetensors is missing"):
+        hafrm.load(tiny_model_dir)
