@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,24 @@ from helpers import tiny_backbone
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Tests write reference caches to a temporary HAFRM_CACHE; the embedded model is linked in."""
+    real = prepare_embedded()  # the user's cache: converted once, then reused
+    cache = tmp_path_factory.mktemp("hafrm-cache")
+    (cache / "models").mkdir()
+    (cache / "models" / real.name).symlink_to(real)
+    old = os.environ.get("HAFRM_CACHE")
+    os.environ["HAFRM_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("HAFRM_CACHE", None)
+    else:
+        os.environ["HAFRM_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
-def embedded_dir() -> Path:
+def embedded_dir(isolated_cache) -> Path:
     return prepare_embedded()
 
 

@@ -22,7 +22,7 @@ def _pair(chosen: str, rejected: str) -> PreferencePair:
 
 @pytest.fixture(scope="module")
 def split():
-    return split_pairs(generate_pairs(3000, seed=0), test_fraction=0.2, seed=0)
+    return split_pairs(generate_pairs(2000, seed=0), test_fraction=0.2, seed=0)
 
 
 def test_length_baseline_counts_a_tie_as_half():
@@ -64,7 +64,7 @@ def test_bag_of_words_is_case_sensitive(split):
 
 
 def test_length_baseline_finds_a_planted_length_cue(split):
-    padded = [dataclasses.replace(p, chosen=p.chosen + " indeed") for p in split[1]]
+    padded = [dataclasses.replace(p, chosen=p.chosen + " indeed, without any doubt") for p in split[1]]
     assert length_baseline_accuracy(padded) > 0.95
 
 

@@ -12,7 +12,7 @@ from hafrm.data.builtin import SKILLS, generate_pairs, split_pairs, verify
 
 @pytest.fixture(scope="module")
 def pairs():
-    return generate_pairs(3000, seed=0)
+    return generate_pairs(2000, seed=0)
 
 
 def test_same_seed_same_pairs_other_seed_other_pairs():
@@ -35,7 +35,7 @@ def test_prompts_are_unique(pairs):
 
 
 def test_skills_are_balanced_and_round_robin(pairs):
-    assert Counter(p.meta["skill"] for p in pairs) == {s: 1000 for s in SKILLS}
+    assert Counter(p.meta["skill"] for p in pairs) == {"arithmetic": 667, "facts": 667, "format": 666}
     assert [p.meta["skill"] for p in pairs[:6]] == [*SKILLS, *SKILLS]
     two = generate_pairs(11, skills=["format", "facts"])
     assert [p.meta["skill"] for p in two] == ["format", "facts"] * 5 + ["format"]
@@ -51,7 +51,7 @@ def test_every_subtype_appears(pairs):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_chosen_passes_and_rejected_fails_the_verifier(seed):
-    for p in generate_pairs(6000, seed=seed):
+    for p in generate_pairs(3000, seed=seed):
         assert verify(p.meta["spec"], p.chosen), p
         assert not verify(p.meta["spec"], p.rejected), p
 
@@ -73,10 +73,10 @@ def test_mirror_couples_cancel_every_response_only_cue():
     assert all(not any(diff.values()) for diff in words.values())
 
 
-@pytest.mark.parametrize("skill", SKILLS)
-def test_each_skill_makes_3000_unique_pairs(skill):
-    made = generate_pairs(3000, skills=[skill])
-    assert len({p.prompt[0]["content"] for p in made}) == 3000
+@pytest.mark.parametrize(("skill", "n"), [("arithmetic", 1100), ("facts", 3000), ("format", 3000)])
+def test_each_skill_makes_enough_unique_pairs(skill, n):
+    made = generate_pairs(n, skills=[skill])  # arithmetic is small numbers on purpose: ~1150 at most
+    assert len({p.prompt[0]["content"] for p in made}) == n
 
 
 def test_too_many_pairs_is_a_clear_error():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hafrm.config import HafConfig
-from hafrm.data.tokenize import PairCollator, PairTokenizer, pair_features
+from hafrm.data.tokenize import PairCollator, PairTokenizer, pair_dataset, pair_features
 from hafrm.losses import PolicyLogps, bradley_terry_loss, sigmoid_loss
 from hafrm.model import HybridRewardModel
 from hafrm.objective import HybridObjective, accuracy
@@ -116,7 +116,7 @@ def _one_step(tokenizer, tmp_path, batch_size, accumulation):
     trainer = HafTrainer(
         model=model,
         args=_training_args(cfg, 2, bf16=False),
-        train_dataset=feats,
+        train_dataset=pair_dataset(feats),
         eval_dataset=feats,
         data_collator=PairCollator(tokenizer.pad_token_id),
         haf_config=cfg,

@@ -56,29 +56,14 @@ def train(
     builtin_pairs: int | None = typer.Option(None, help=H("builtin_pairs")),
     precision: str | None = typer.Option(None, help=H("precision")),
     seed: int | None = typer.Option(None, help=H("seed")),
+    freeze_layers: int | None = typer.Option(None, help=H("freeze_layers")),
+    cache_dir: str | None = typer.Option(None, help=H("cache_dir")),
     resume: bool = typer.Option(False, "--resume", help=H("resume")),
 ) -> None:
     """Train a reward model. With no arguments: HaF on the built-in task, embedded SmolLM2."""
-    overrides = dict(
-        mode=mode,
-        alpha=alpha,
-        beta=beta,
-        loss=loss,
-        model=model,
-        data=data,
-        eval_data=eval_data,
-        output_dir=output_dir,
-        max_steps=max_steps,
-        save_steps=save_steps,
-        eval_steps=eval_steps,
-        select_by=select_by,
-        learning_rate=learning_rate,
-        per_device_train_batch_size=batch_size,
-        builtin_pairs=builtin_pairs,
-        precision=precision,
-        seed=seed,
-        resume=resume or None,
-    )
+    overrides = {k: v for k, v in locals().items() if k != "config"}  # option name == HafConfig field
+    overrides["per_device_train_batch_size"] = overrides.pop("batch_size")
+    overrides["resume"] = resume or None
     try:
         cfg = _build_config(config, overrides)
         from hafrm.pipeline import train as run_train

@@ -63,18 +63,23 @@ class HafConfig:
     simpo_gamma: float = _f(0.5, "SimPO target margin gamma (loss 'simpo' only).")
     use_margin: bool = _f(False, "Subtract each pair's `margin` field inside the BT loss.")
     center_rewards_coefficient: float = _f(0.0, "Weight of the reward-centering loss (r_w+r_l)^2.")
+    freeze_layers: int = _f(
+        0, "Freeze the input embeddings and the bottom N decoder layers (0 = train everything)."
+    )
     # data
     data: list[str] = _f(["builtin"], "Training data: 'builtin' or JSONL file(s), repeatable.")
     eval_data: list[str] = _f([], "Eval data files; default: a held-out split of --data.")
     eval_fraction: float = _f(0.2, "Held-out share when eval data is split from --data.")
-    builtin_pairs: int = _f(1200, "Pairs generated for the built-in task (before the split).")
+    builtin_pairs: int = _f(1000, "Pairs generated for the built-in task (before the split).")
     system_prompt: str | None = _f(None, "System message prepended to every prompt, if set.")
     max_length: int = _f(512, "Max tokens per sequence (prompt + response); longer pairs dropped.")
     max_prompt_length: int = _f(256, "Max prompt tokens; longer prompts keep their end.")
     # optimisation
     output_dir: str = _f("runs/hafrm", "Where checkpoints, the final model and metrics go.")
     learning_rate: float = _f(2e-5, "Peak learning rate of the backbone.")
-    reward_head_learning_rate: float | None = _f(None, "Reward-head LR (default: learning_rate).")
+    reward_head_learning_rate: float | None = _f(
+        1e-3, "Reward-head LR; it starts at zero, so it needs far more than the backbone. None = learning_rate."
+    )
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     warmup_ratio: float = _f(0.05, "Share of steps for linear warm-up.")
     lr_scheduler_type: str = _f("cosine", "transformers scheduler name.")
@@ -84,7 +89,7 @@ class HafConfig:
     num_train_epochs: float = _f(1.0, "Epochs over the training pairs (ignored if max_steps > 0).")
     max_steps: int = _f(-1, "Total optimizer steps; -1 = use num_train_epochs.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
-    eval_steps: int | None = _f(None, "Evaluate every N steps (default: 4 times per run).")
+    eval_steps: int | None = _f(None, "Evaluate every N steps (default: twice per run).")
     save_steps: int | None = _f(None, "Checkpoint every N steps (default: eval_steps).")
     save_total_limit: int = _f(2, "Checkpoints kept on disk (the best is always kept).")
     select_by: str = _f("accuracy", f"Keep the checkpoint best by: {', '.join(SELECTION_METRICS)}.")
@@ -132,6 +137,8 @@ class HafConfig:
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.freeze_layers < 0:
+            raise ConfigError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
         if not 0 < self.eval_fraction < 1:
             raise ConfigError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
         if not self.data:

@@ -137,6 +137,23 @@ class HybridRewardModel(nn.Module):
             )
         return HybridOutput(rewards=rewards, logps=logps, response_lengths=lengths)
 
+    def freeze_bottom(self, n_layers: int) -> None:
+        """Freeze the input embeddings and the first `n_layers` decoder layers.
+
+        Backward then stops at layer `n_layers`: less compute and optimizer state. With tied
+        embeddings the LM head's weight is frozen too; the policy head still learns through the
+        layers above. The reward head always trains.
+        """
+        if n_layers <= 0:
+            return
+        layers = getattr(self.decoder(), "layers", None)
+        if layers is None or n_layers > len(layers):
+            have = "no .layers" if layers is None else f"{len(layers)} layers"
+            raise ValueError(f"cannot freeze {n_layers} layers: the decoder has {have}")
+        self.backbone.get_input_embeddings().weight.requires_grad_(False)
+        for layer in layers[:n_layers]:
+            layer.requires_grad_(False)
+
     # persistence -----------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, hafrm_config: dict[str, Any] | None = None) -> None:
         """Write a folder that `AutoModelForCausalLM` can also load (the policy head)."""

@@ -18,9 +18,9 @@ from hafrm import __version__
 from hafrm.config import SELECTION_METRICS, HafConfig
 from hafrm.data import builtin
 from hafrm.data.io import load_pairs, split_by_prompt
-from hafrm.data.tokenize import PairCollator, PairTokenizer, TokenizeResult, pair_features
+from hafrm.data.tokenize import PairCollator, PairTokenizer, TokenizeResult, pair_dataset, pair_features
 from hafrm.data.types import PreferencePair
-from hafrm.errors import DataError
+from hafrm.errors import ConfigError, DataError
 from hafrm.evaluate import EvalResult
 from hafrm.model import HybridRewardModel
 from hafrm.models import cache_root, load_backbone
@@ -79,7 +79,7 @@ def _report_drops(name: str, res: TokenizeResult) -> dict[str, int]:
 def _training_args(cfg: HafConfig, n_train: int, bf16: bool) -> TrainingArguments:
     steps_per_epoch = math.ceil(n_train / (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps))
     total = cfg.max_steps if cfg.max_steps > 0 else max(1, int(steps_per_epoch * cfg.num_train_epochs))
-    eval_steps = cfg.eval_steps or max(1, total // 4)
+    eval_steps = cfg.eval_steps or max(1, (total + 1) // 2)
     save_steps = cfg.save_steps or eval_steps
     select = cfg.select_by != "step"
     if select and save_steps % eval_steps:
@@ -107,6 +107,7 @@ def _training_args(cfg: HafConfig, n_train: int, bf16: bool) -> TrainingArgument
         seed=cfg.seed,
         bf16=bf16,
         remove_unused_columns=False,
+        train_sampling_strategy="group_by_length",  # batches of similar length: less padding
         report_to="none",
         dataloader_num_workers=0,
         save_only_model=False,
@@ -134,6 +135,10 @@ def train(cfg: HafConfig) -> TrainResult:
     backbone, tokenizer, model_path = load_backbone(cfg.model, cfg.cache_dir)
     model = HybridRewardModel(backbone)
     model.logprob_chunk_size = cfg.logprob_chunk_size
+    try:
+        model.freeze_bottom(cfg.freeze_layers)
+    except ValueError as e:
+        raise ConfigError(f"freeze_layers: {e}") from None
     train_pairs, eval_pairs = load_data(cfg)
     encoder = PairTokenizer(tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt)
     train_tok, eval_tok = encoder.tokenize(train_pairs), encoder.tokenize(eval_pairs)
@@ -149,7 +154,7 @@ def train(cfg: HafConfig) -> TrainResult:
     trainer = HafTrainer(
         model=model,
         args=_training_args(cfg, len(train_tok.pairs), precision == "bf16"),
-        train_dataset=pair_features(train_tok.pairs, train_ref),
+        train_dataset=pair_dataset(pair_features(train_tok.pairs, train_ref)),
         eval_dataset=eval_features,  # our evaluate() reads eval_pairs/eval_features directly
         data_collator=PairCollator(pad_id),
         processing_class=tokenizer,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import datasets
 import torch
 
 from hafrm.data.types import PreferencePair
@@ -138,6 +139,13 @@ def pad_rows(
     return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
 
 
+def pair_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:
+    """Rows as a `datasets.Dataset` with a `length` column, for the Trainer's length grouping."""
+    for row in rows:
+        row["length"] = len(row["chosen_ids"]) + len(row["rejected_ids"])
+    return datasets.Dataset.from_list(rows)
+
+
 @dataclass
 class PairCollator:
     """Stacks a batch of B pairs into 2B padded rows: chosen first, then rejected."""
@@ -150,9 +158,9 @@ class PairCollator:
         starts = [f["chosen_prompt_len"] for f in features] + [f["rejected_prompt_len"] for f in features]
         batch = pad_rows(seqs, starts, self.pad_token_id, self.padding_side)  # (2B, T) each
         batch["index"] = torch.tensor([f["index"] for f in features])  # (B,)
-        if all("margin" in f for f in features):
+        if all(f.get("margin") is not None for f in features):
             batch["margin"] = torch.tensor([f["margin"] for f in features], dtype=torch.float32)
-        if all("ref_chosen" in f for f in features):
+        if all(f.get("ref_chosen") is not None for f in features):
             batch["ref_chosen"] = torch.tensor([f["ref_chosen"] for f in features], dtype=torch.float32)
             batch["ref_rejected"] = torch.tensor([f["ref_rejected"] for f in features], dtype=torch.float32)
         return batch
