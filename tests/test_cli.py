@@ -47,7 +47,14 @@ def test_train_writes_model_metrics_and_table(trained):
     ):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("eval/reward_head/accuracy", "eval/implicit/accuracy", "eval/accuracy", "train/pairs"):
+    for key in (
+        "eval/reward_head/accuracy",
+        "eval/implicit/accuracy",
+        "eval/accuracy",
+        "train/pairs",
+        "eval/shortcut/bag_of_words",
+        "eval/shortcut/length_longer",
+    ):
         assert key in metrics, key
     assert 0.0 <= metrics["eval/reward_head/accuracy"] <= 1.0
     assert metrics["train/steps"] == 4
@@ -151,3 +158,16 @@ def test_real_process_prints_no_traceback():
     )
     assert proc.returncode == 2
     assert "unknown mode 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_model_dir, tmp_path):
+    base = ["train", "--model", str(tiny_model_dir), "--builtin-pairs", "48", "--batch-size", "4",
+            "--output-dir", str(tmp_path), "--eval-steps", "2", "--select-by", "step"]  # fmt: skip
+    assert runner.invoke(app, [*base, "--max-steps", "2"]).exit_code == 0
+    assert (tmp_path / "checkpoint-2").is_dir()
+    result = runner.invoke(app, [*base, "--max-steps", "4", "--resume"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["train/steps"] == 4
+    state = json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())
+    assert [e["step"] for e in state["log_history"] if "eval_loss" in e] == [2, 4]  # step 2 came from the first run

@@ -72,6 +72,12 @@ def train(
     except HafError as e:
         _fail(str(e))
     print_eval_table(result.eval_result.metrics, title=f"held-out accuracy ({cfg.mode}, {result.eval_pairs} pairs)")
+    m = result.metrics
+    console.print(
+        f"shortcut baselines on the same split (no model): longer response wins "
+        f"{m['eval/shortcut/length_longer']:.3f}, shorter {m['eval/shortcut/length_shorter']:.3f}, "
+        f"bag of words {m['eval/shortcut/bag_of_words']:.3f}"
+    )
     console.print(
         f"trained on {result.train_pairs} pairs in {result.seconds:.0f} s ({result.precision}); "
         f"model and metrics.json in {result.output_dir}"

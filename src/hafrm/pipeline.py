@@ -15,6 +15,7 @@ from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from hafrm import __version__
+from hafrm.baselines import shortcut_report
 from hafrm.config import SELECTION_METRICS, HafConfig
 from hafrm.data import builtin
 from hafrm.data.io import load_pairs, split_by_prompt
@@ -44,7 +45,8 @@ class TrainResult:
     reference_cache_hits: int
 
 
-BUILTIN_SYSTEM_PROMPT = "You are a concise assistant."  # short: the default SmolLM2 one is 10 tokens longer
+# An empty system turn: without one, the chat template adds its own (18 tokens for SmolLM2).
+BUILTIN_SYSTEM_PROMPT = ""
 
 
 def builtin_pairs(cfg: HafConfig) -> list[PreferencePair]:
@@ -169,6 +171,10 @@ def train(cfg: HafConfig) -> TrainResult:
     result = trainer.final_eval()
     trainer.save_model(cfg.output_dir)
     metrics = {f"eval/{k}": v for k, v in result.metrics.items()}
+    shortcut = shortcut_report(train_pairs, eval_pairs)  # how far surface cues alone get
+    metrics["eval/shortcut/length_longer"] = shortcut.length_longer
+    metrics["eval/shortcut/length_shorter"] = shortcut.length_shorter
+    metrics["eval/shortcut/bag_of_words"] = shortcut.bag_of_words
     metrics["train/pairs"] = float(len(train_tok.pairs))
     metrics["train/steps"] = float(trainer.state.global_step)
     metrics["train/seconds"] = time.time() - start
