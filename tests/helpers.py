@@ -8,13 +8,13 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 from hafrm.data.types import PreferencePair
 
 
-def tiny_backbone(arch: str, vocab_size: int, seed: int = 0):
+def tiny_backbone(arch: str, vocab_size: int, seed: int = 0, layers: int = 2):
     torch.manual_seed(seed)
     common = dict(
         vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,

@@ -57,7 +57,7 @@ def test_train_writes_model_metrics_and_table(trained):
     ):
         assert key in metrics, key
     assert 0.0 <= metrics["eval/reward_head/accuracy"] <= 1.0
-    assert metrics["train/steps"] == 4
+    assert metrics["train/steps"] == 4 and metrics["train/selected_step"] in (2, 4)
     assert "reward_head" in result.output and "implicit" in result.output and "│ all" in result.output
     assert json.loads((out / "hafrm_config.json").read_text())["mode"] == "hybrid"
 
@@ -171,3 +171,10 @@ def test_resume_continues_from_the_last_checkpoint(tiny_model_dir, tmp_path):
     assert metrics["train/steps"] == 4
     state = json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())
     assert [e["step"] for e in state["log_history"] if "eval_loss" in e] == [2, 4]  # step 2 came from the first run
+
+
+def test_freezing_more_layers_than_the_model_has_is_exit_2(tiny_model_dir, tmp_path):
+    args = ["train", "--model", str(tiny_model_dir), "--freeze-layers", "9", "--output-dir", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "freeze_layers: cannot freeze 9 layers: the decoder has 8 layers" in result.output

@@ -35,10 +35,10 @@ def test_plain_template_without_chat_template(tokenizer):
 
 def test_long_prompt_keeps_its_end_and_long_pairs_are_counted(tokenizer):
     long = PreferencePair([{"role": "user", "content": "word " * 300 + "THE END?"}], "Yes.", "No.")
-    res = PairTokenizer(tokenizer, 512, 32).tokenize([long, *make_pairs(2)])
+    res = PairTokenizer(tokenizer, 512, 64).tokenize([long, *make_pairs(2)])
     assert res.truncated_prompts == 1 and len(res.pairs) == 3
     p = res.pairs[0]
-    assert p.chosen_prompt_len == 32 and "THE END?" in tokenizer.decode(p.chosen_ids[: p.chosen_prompt_len])
+    assert p.chosen_prompt_len == 64 and "THE END?" in tokenizer.decode(p.chosen_ids[: p.chosen_prompt_len])
     tight = PairTokenizer(tokenizer, 40, 256).tokenize([long, *make_pairs(2)])
     assert tight.dropped["longer than max_length"] >= 1
     assert len(tight.pairs) + sum(tight.dropped.values()) == 3  # nothing lost silently

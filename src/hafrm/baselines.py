@@ -110,9 +110,7 @@ def bag_of_words_accuracy(
     return float(np.mean((np.sign(scores) + 1) / 2))
 
 
-def shortcut_report(
-    train_pairs: Sequence[PreferencePair], test_pairs: Sequence[PreferencePair]
-) -> ShortcutReport:
+def shortcut_report(train_pairs: Sequence[PreferencePair], test_pairs: Sequence[PreferencePair]) -> ShortcutReport:
     """Both length shortcuts on the test pairs; bag-of-words trained on train, tested on test."""
     longer = length_baseline_accuracy(test_pairs)
     return ShortcutReport(

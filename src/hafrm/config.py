@@ -63,9 +63,7 @@ class HafConfig:
     simpo_gamma: float = _f(0.5, "SimPO target margin gamma (loss 'simpo' only).")
     use_margin: bool = _f(False, "Subtract each pair's `margin` field inside the BT loss.")
     center_rewards_coefficient: float = _f(0.0, "Weight of the reward-centering loss (r_w+r_l)^2.")
-    freeze_layers: int = _f(
-        0, "Freeze the input embeddings and the bottom N decoder layers (0 = train everything)."
-    )
+    freeze_layers: int = _f(6, "Freeze the input embeddings and the bottom N decoder layers (0 = train everything).")
     # data
     data: list[str] = _f(["builtin"], "Training data: 'builtin' or JSONL file(s), repeatable.")
     eval_data: list[str] = _f([], "Eval data files; default: a held-out split of --data.")
@@ -76,7 +74,7 @@ class HafConfig:
     max_prompt_length: int = _f(256, "Max prompt tokens; longer prompts keep their end.")
     # optimisation
     output_dir: str = _f("runs/hafrm", "Where checkpoints, the final model and metrics go.")
-    learning_rate: float = _f(2e-5, "Peak learning rate of the backbone.")
+    learning_rate: float = _f(1e-4, "Peak learning rate of the backbone (1e-4 suits 135M; use ~1e-5 for 1B+).")
     reward_head_learning_rate: float | None = _f(
         1e-3, "Reward-head LR; it starts at zero, so it needs far more than the backbone. None = learning_rate."
     )

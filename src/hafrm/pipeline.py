@@ -177,6 +177,7 @@ def train(cfg: HafConfig) -> TrainResult:
     metrics["eval/shortcut/bag_of_words"] = shortcut.bag_of_words
     metrics["train/pairs"] = float(len(train_tok.pairs))
     metrics["train/steps"] = float(trainer.state.global_step)
+    metrics["train/selected_step"] = float(trainer.selected_step)
     metrics["train/seconds"] = time.time() - start
     out = Path(cfg.output_dir)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

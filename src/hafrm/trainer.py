@@ -43,6 +43,7 @@ class HafTrainer(Trainer):
         self.hafrm_meta = hafrm_meta
         self._train_metrics: dict[str, list[float]] = defaultdict(list)
         self.eval_history: dict[int, EvalResult] = {}  # step -> eval of that step's weights
+        self.selected_step: int | None = None  # the step whose weights the run ends with
 
     def create_optimizer(self, model: torch.nn.Module | None = None):
         """AdamW with the reward head in its own group (it may take a higher learning rate)."""
@@ -99,6 +100,7 @@ class HafTrainer(Trainer):
         if step not in self.eval_history:  # e.g. resumed past it, or the last step was not evaluated
             self.evaluate()
             step = self.state.global_step
+        self.selected_step = step
         return self.eval_history[step]
 
     def _load_best_model(self) -> None:

@@ -118,9 +118,7 @@ _FACT_QUESTIONS = {
         """{E} is the capital of which country? | Which country has {e} as its capital? |
         Of which country is {e} the capital?"""
     ),
-    "continent": _split(
-        "On which continent is {e}? | Which continent is {e} in? | {E} is on which continent?"
-    ),
+    "continent": _split("On which continent is {e}? | Which continent is {e} in? | {E} is on which continent?"),
     "currency": _split(
         """What is the currency of {e}? | Which currency is used in {e}? |
         What money do people use in {e}?"""
@@ -232,9 +230,7 @@ _OPS = {  # op: (symbol in answers, function, questions)
     "add": (
         "+",
         lambda a, b: a + b,
-        _split(
-            "What is {a} + {b}? | What is {a} plus {b}? | Compute {a} + {b}. | Add {a} and {b}."
-        ),
+        _split("What is {a} + {b}? | What is {a} plus {b}? | Compute {a} + {b}. | Add {a} and {b}."),
     ),
     "subtract": (
         "-",
@@ -287,10 +283,7 @@ def _arithmetic_couples(op: str) -> list[tuple]:
     also asked with their operands the other way round, in the same split group."""
     orders = (False, True) if op != "subtract" else (False,)
     return [
-        (op, p1, p2, question, swap)
-        for p1, p2 in _problem_couples(op)
-        for question in _OPS[op][2]
-        for swap in orders
+        (op, p1, p2, question, swap) for p1, p2 in _problem_couples(op) for question in _OPS[op][2] for swap in orders
     ]
 
 
@@ -444,13 +437,7 @@ def _size_couples(items: Sequence[str], asks: Sequence) -> list[tuple[str, Any, 
 
 def _case_couples() -> list[tuple]:
     """(case, topic, ask, rule index): the plain rule and its one-word exception as a couple."""
-    return [
-        (case, t, a, r)
-        for case in ("upper", "lower")
-        for t in _TOPICS
-        for a in _CASE_ASKS
-        for r in range(4)
-    ]
+    return [(case, t, a, r) for case in ("upper", "lower") for t in _TOPICS for a in _CASE_ASKS for r in range(4)]
 
 
 _PLAIN = {"a", "an", "i", "is", "me", "to", "my", "and", "but", "the"}  # no odd word: too small
@@ -504,9 +491,7 @@ def _keyword_couples() -> list[tuple]:
     for t, topic in enumerate(_TOPICS):
         for a, ask in enumerate(_KEYWORD_ASKS):
             m = 1 + (5 * t + 11 * a) % 31
-            couples += [
-                (topic, ask, _KEYWORDS[i], _KEYWORDS[i ^ m]) for i in range(32) if i < i ^ m
-            ]
+            couples += [(topic, ask, _KEYWORDS[i], _KEYWORDS[i ^ m]) for i in range(32) if i < i ^ m]
     return couples
 
 
@@ -630,9 +615,7 @@ def _generate_skill(skill: str, n: int, rng: random.Random) -> list[PreferencePa
     return _round_robin(per_pool)
 
 
-def generate_pairs(
-    n: int, seed: int = 0, skills: Sequence[str] | None = None
-) -> list[PreferencePair]:
+def generate_pairs(n: int, seed: int = 0, skills: Sequence[str] | None = None) -> list[PreferencePair]:
     """n built-in pairs, the skills in equal shares, interleaved round-robin.
 
     Deterministic for a seed; every prompt is unique (one user message, no system message). Each
@@ -702,9 +685,7 @@ def _verify_case(response: str, case: str, word: str | None = None) -> bool:
 
 
 def _verify_keyword(spec: dict[str, Any], response: str) -> bool:
-    return (
-        re.search(rf"(?<!\w){re.escape(spec['word'])}(?!\w)", response, re.IGNORECASE) is not None
-    )
+    return re.search(rf"(?<!\w){re.escape(spec['word'])}(?!\w)", response, re.IGNORECASE) is not None
 
 
 def _word_count(response: str) -> int:
@@ -740,7 +721,5 @@ def verify(spec: dict[str, Any], response: str) -> bool:
     """
     judge = _VERIFIERS.get(spec.get("kind"))
     if judge is None:
-        raise ValueError(
-            f"unknown spec kind {spec.get('kind')!r}; expected one of {', '.join(_VERIFIERS)}"
-        )
+        raise ValueError(f"unknown spec kind {spec.get('kind')!r}; expected one of {', '.join(_VERIFIERS)}")
     return judge(spec, response)

@@ -34,8 +34,8 @@ class TokenizeResult:
     truncated_prompts: int = 0
 
 
-def _messages(pair: PreferencePair, system_prompt: str | None) -> list[dict[str, str]]:
-    msgs = list(pair.prompt)
+def _messages(messages: Sequence[dict[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
+    msgs = list(messages)
     if system_prompt and (not msgs or msgs[0]["role"] != "system"):
         msgs = [{"role": "system", "content": system_prompt}, *msgs]
     return msgs
@@ -60,6 +60,7 @@ class PairTokenizer:
 
     def encode(self, messages: list[dict[str, str]], response: str) -> tuple[list[int], int]:
         """Token ids of prompt + response, and the prompt length (where the response starts)."""
+        messages = _messages(messages, self.system_prompt)
         if self.has_template:
             prompt_text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             full_text = self.tok.apply_chat_template(
@@ -87,9 +88,8 @@ class PairTokenizer:
     def tokenize(self, pairs: Sequence[PreferencePair]) -> TokenizeResult:
         result = TokenizeResult(pairs=[])
         for i, pair in enumerate(pairs):
-            msgs = _messages(pair, self.system_prompt)
-            c_ids, c_len = self.encode(msgs, pair.chosen)
-            r_ids, r_len = self.encode(msgs, pair.rejected)
+            c_ids, c_len = self.encode(pair.prompt, pair.chosen)
+            r_ids, r_len = self.encode(pair.prompt, pair.rejected)
             c_ids, c_len, cut_c = self.truncate(c_ids, c_len)
             r_ids, r_len, cut_r = self.truncate(r_ids, r_len)
             result.truncated_prompts += int(cut_c or cut_r)
