@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -112,6 +113,7 @@ def _training_args(cfg: HafConfig, n_train: int, bf16: bool) -> TrainingArgument
         train_sampling_strategy="group_by_length",  # batches of similar length: less padding
         report_to="none",
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         save_only_model=False,
     )
 
