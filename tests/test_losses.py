@@ -98,3 +98,12 @@ def test_losses_are_per_example():
     for name, spec in POLICY_LOSSES.items():
         out = spec.build(0.1, 0.5)(LP)
         assert out.losses.shape == (2,), name
+
+
+def test_registry_implicit_rewards_match_the_losses():
+    lp = LP
+    for name, spec in POLICY_LOSSES.items():
+        out = spec.build(0.1, 0.5)(lp)
+        ref = lp.ref_chosen if spec.needs_reference else None
+        assert torch.allclose(spec.implicit(lp.chosen, ref, lp.chosen_len, 0.1), out.chosen_rewards), name
+    assert torch.allclose(POLICY_LOSSES["sft"].implicit(t(-10.0), None, t(5.0), 0.1), t(-2.0))  # mean logp

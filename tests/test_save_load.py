@@ -1,5 +1,6 @@
 """Save -> load gives the same scores; the folder also loads as a plain causal LM."""
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -35,3 +36,19 @@ def test_load_rejects_a_non_hafrm_folder(tiny_model_dir):
 
     with pytest.raises(hafrm.HafError, match="reward_head.safetensors is missing"):
         hafrm.load(tiny_model_dir)
+
+
+def test_implicit_head_of_a_simpo_model_is_its_length_normalised_logp(tokenizer, tmp_path):
+    from hafrm.scoring import RewardModel
+
+    model = HybridRewardModel(tiny_backbone("llama", len(tokenizer))).eval()
+    rm = RewardModel(model, tokenizer, {"loss": "simpo", "beta": 2.0, "inference_head": "implicit"}, tmp_path)
+    prompt, response = make_pairs(1)[0].prompt, make_pairs(1)[0].chosen
+    ids, start = rm.encoder.encode(prompt, response)
+    x = torch.tensor([ids])
+    mask = torch.zeros_like(x)
+    mask[0, start:] = 1
+    with torch.no_grad():
+        out = model(x, torch.ones_like(x), mask)
+    expected = 2.0 * out.logps[0] / out.response_lengths[0]
+    assert rm.score(prompt, response) == pytest.approx(expected.item(), abs=1e-5)

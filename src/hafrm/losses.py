@@ -45,6 +45,23 @@ def reward_centering_loss(chosen_rewards: Tensor, rejected_rewards: Tensor) -> T
     return (chosen_rewards.float() + rejected_rewards.float()) ** 2
 
 
+def reference_implicit_reward(logps: Tensor, ref: Tensor | None, lengths: Tensor, beta: float) -> Tensor:
+    """beta * (logp - ref): the implicit reward of DPO, IPO and hinge."""
+    if ref is None:
+        raise ValueError("this policy loss needs reference log-probs")
+    return beta * (logps - ref)
+
+
+def length_normalised_reward(logps: Tensor, ref: Tensor | None, lengths: Tensor, beta: float) -> Tensor:
+    """beta * logp / |y|: SimPO's reference-free implicit reward."""
+    return beta * logps / lengths.clamp(min=1)
+
+
+def mean_logp_reward(logps: Tensor, ref: Tensor | None, lengths: Tensor, beta: float) -> Tensor:
+    """logp / |y|: the mean response log-likelihood, the implicit reward of the SFT regulariser."""
+    return logps / lengths.clamp(min=1)
+
+
 def _ref_logratios(lp: PolicyLogps) -> Tensor:
     if lp.ref_chosen is None or lp.ref_rejected is None:
         raise ValueError("this policy loss needs reference log-probs")
@@ -53,8 +70,8 @@ def _ref_logratios(lp: PolicyLogps) -> Tensor:
 
 def _ref_rewards(lp: PolicyLogps, beta: float) -> tuple[Tensor, Tensor]:
     return (
-        (beta * (lp.chosen - lp.ref_chosen)).detach(),
-        (beta * (lp.rejected - lp.ref_rejected)).detach(),
+        reference_implicit_reward(lp.chosen, lp.ref_chosen, lp.chosen_len, beta).detach(),
+        reference_implicit_reward(lp.rejected, lp.ref_rejected, lp.rejected_len, beta).detach(),
     )
 
 
@@ -78,8 +95,8 @@ def hinge_loss(lp: PolicyLogps, beta: float) -> PolicyLossOutput:
 
 def simpo_loss(lp: PolicyLogps, beta: float, gamma: float) -> PolicyLossOutput:
     """SimPO (Meng et al. 2024), reference-free: -log sigmoid(beta*(avg_w - avg_l) - gamma)."""
-    chosen = beta * lp.chosen / lp.chosen_len.clamp(min=1)
-    rejected = beta * lp.rejected / lp.rejected_len.clamp(min=1)
+    chosen = length_normalised_reward(lp.chosen, None, lp.chosen_len, beta)
+    rejected = length_normalised_reward(lp.rejected, None, lp.rejected_len, beta)
     losses = -F.logsigmoid(chosen - rejected - gamma)
     return PolicyLossOutput(losses, chosen.detach(), rejected.detach())
 
@@ -89,8 +106,8 @@ def sft_loss(lp: PolicyLogps) -> PolicyLossOutput:
 
     Its implicit reward is the mean response log-likelihood, for both sides.
     """
-    chosen = lp.chosen / lp.chosen_len.clamp(min=1)
-    rejected = lp.rejected / lp.rejected_len.clamp(min=1)
+    chosen = mean_logp_reward(lp.chosen, None, lp.chosen_len, 1.0)
+    rejected = mean_logp_reward(lp.rejected, None, lp.rejected_len, 1.0)
     return PolicyLossOutput(-chosen, chosen.detach(), rejected.detach())
 
 
@@ -101,6 +118,7 @@ class PolicyLossSpec:
     build: Callable[[float, float], Callable[[PolicyLogps], PolicyLossOutput]]
     needs_reference: bool
     help: str
+    implicit: Callable[[Tensor, Tensor | None, Tensor, float], Tensor] = reference_implicit_reward
 
 
 POLICY_LOSSES: dict[str, PolicyLossSpec] = {
@@ -111,8 +129,11 @@ POLICY_LOSSES: dict[str, PolicyLossSpec] = {
         lambda beta, gamma: lambda lp: simpo_loss(lp, beta, gamma),
         False,
         "SimPO, reference-free, length-normalised (uses simpo_gamma)",
+        length_normalised_reward,
     ),
-    "sft": PolicyLossSpec(lambda beta, gamma: lambda lp: sft_loss(lp), False, "SFT on the chosen response (GRM)"),
+    "sft": PolicyLossSpec(
+        lambda beta, gamma: lambda lp: sft_loss(lp), False, "SFT on the chosen response (GRM)", mean_logp_reward
+    ),
 }
 
 

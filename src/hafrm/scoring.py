@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hafrm.data.tokenize import PairTokenizer, pad_rows
 from hafrm.errors import HafError
+from hafrm.losses import POLICY_LOSSES
 from hafrm.model import HAFRM_CONFIG_FILE, REWARD_HEAD_FILE, HybridRewardModel
 
 Prompt = str | list[dict[str, str]]
@@ -91,12 +92,9 @@ class RewardModel:
         if head == "reward":
             return self.model(batch["input_ids"], batch["attention_mask"]).rewards
         out = self.model(**batch)
-        beta = self.meta.get("beta", 0.1)
-        if self.meta.get("loss") in ("simpo", "sft"):  # reference-free implicit rewards
-            scale = beta if self.meta["loss"] == "simpo" else 1.0
-            return scale * out.logps / out.response_lengths.clamp(min=1)
-        ref = self._reference_model()(**batch)
-        return beta * (out.logps - ref.logps)
+        spec = POLICY_LOSSES[self.meta.get("loss", "sigmoid")]
+        ref = self._reference_model()(**batch).logps if spec.needs_reference else None
+        return spec.implicit(out.logps, ref, out.response_lengths, self.meta.get("beta", 0.1))
 
     def score(self, prompt: Prompt, response: str, head: str | None = None) -> float:
         return self.score_batch([prompt], [response], head=head)[0]
