@@ -74,7 +74,7 @@ def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> str:
         if not (path / "config.json").is_file():
             raise HafError(f"model folder {path} has no config.json")
         return str(path)
-    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep in name.rstrip("/").split("/")[0]:
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
         raise HafError(f"model path {name} does not exist (give a folder, a Hub id, or 'smollm2')")
     return name  # a Hub id: transformers downloads it when online
 
