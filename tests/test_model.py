@@ -88,7 +88,8 @@ def test_chunked_logps_gradients_match_full_logits(tokenizer):
     m(batch["input_ids"], batch["attention_mask"], batch["response_mask"]).logps.sum().backward()
     for n, p in m.backbone.named_parameters():
         if n in expected:
-            assert torch.allclose(p.grad, expected[n], rtol=1e-4, atol=1e-5), n  # fp32 round-off
+            rel = (p.grad - expected[n]).norm() / expected[n].norm()  # fp32 round-off only:
+            assert rel < 1e-5, (n, rel)  # element-wise, a single embedding entry can be off by ~4e-5
 
 
 def test_response_lengths_count_response_tokens_only(tokenizer):

@@ -33,15 +33,22 @@ def test_plain_template_without_chat_template(tokenizer):
     assert ids[-1] == plain.eos_token_id
 
 
-def test_long_prompt_keeps_its_end_and_long_pairs_are_counted(tokenizer):
-    long = PreferencePair([{"role": "user", "content": "word " * 300 + "THE END?"}], "Yes.", "No.")
+def test_long_prompt_keeps_its_end_and_long_responses_keep_their_last_token(tokenizer):
+    long = PreferencePair([{"role": "user", "content": "word " * 300 + "THE END?"}], "Yes.", "No.", source="s")
     res = PairTokenizer(tokenizer, 512, 64).tokenize([long, *make_pairs(2)])
-    assert res.truncated_prompts == 1 and len(res.pairs) == 3
+    assert res.truncated == {("s", "prompt"): 1} and len(res.pairs) == 3
     p = res.pairs[0]
     assert p.chosen_prompt_len == 64 and "THE END?" in tokenizer.decode(p.chosen_ids[: p.chosen_prompt_len])
-    tight = PairTokenizer(tokenizer, 40, 256).tokenize([long, *make_pairs(2)])
-    assert tight.dropped["longer than max_length"] >= 1
-    assert len(tight.pairs) + sum(tight.dropped.values()) == 3  # nothing lost silently
+    wordy = PreferencePair([{"role": "user", "content": "Talk."}], "blah " * 200 + "END", "Short.", source="s")
+    tight = PairTokenizer(tokenizer, 40, 20).tokenize([wordy, *make_pairs(2)])
+    assert len(tight.pairs) == 3 and tight.truncated[("s", "response")] == 1  # nothing dropped, all counted
+    cut = tight.pairs[0]
+    full, _ = PairTokenizer(tokenizer, 40, 20).encode(wordy.prompt, wordy.chosen)
+    assert len(cut.chosen_ids) == 40 and cut.chosen_ids[-2:] == full[-2:]  # the turn still closes
+    assert tokenizer.decode(cut.chosen_ids[-2:]) == "<|im_end|>\n" and "END" not in tokenizer.decode(cut.chosen_ids)
+    assert tokenizer.decode(cut.rejected_ids[cut.rejected_prompt_len :]) == "Short.<|im_end|>\n"  # short one untouched
+    same = PreferencePair([{"role": "user", "content": "Talk."}], "blah " * 60 + "A", "blah " * 60 + "B", source="s")
+    assert PairTokenizer(tokenizer, 40, 20).tokenize([same]).dropped == {("s", "identical after truncation"): 1}
 
 
 def test_collator_stacks_chosen_then_rejected(tokenizer):

@@ -1,4 +1,4 @@
-"""The `hafrm` command: train, eval, score, prepare-model. User errors exit 2 with one line."""
+"""The `hafrm` command: train, eval, score, data, prepare-model. User errors exit 2 with one line."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ def train(
     model: str | None = typer.Option(None, help=H("model")),
     data: list[str] | None = typer.Option(None, help=H("data")),
     eval_data: list[str] | None = typer.Option(None, help=H("eval_data")),
+    eval_fraction: float | None = typer.Option(None, help=H("eval_fraction")),
     output_dir: str | None = typer.Option(None, help=H("output_dir")),
     max_steps: int | None = typer.Option(None, help=H("max_steps")),
     save_steps: int | None = typer.Option(None, help=H("save_steps")),
@@ -57,6 +58,12 @@ def train(
     precision: str | None = typer.Option(None, help=H("precision")),
     seed: int | None = typer.Option(None, help=H("seed")),
     freeze_layers: int | None = typer.Option(None, help=H("freeze_layers")),
+    data_format: str | None = typer.Option(None, "--format", help=H("data_format")),
+    data_map: list[str] | None = typer.Option(None, "--map", help=H("data_map")),
+    on_error: str | None = typer.Option(None, help=H("on_error")),
+    max_pairs_per_source: int | None = typer.Option(None, help=H("max_pairs_per_source")),
+    pku_label: str | None = typer.Option(None, help=H("pku_label")),
+    pku_safety_filter: bool | None = typer.Option(None, "--pku-safety-filter", help=H("pku_safety_filter")),
     cache_dir: str | None = typer.Option(None, help=H("cache_dir")),
     resume: bool = typer.Option(False, "--resume", help=H("resume")),
 ) -> None:
@@ -123,6 +130,107 @@ def score(
     else:
         for r in lines:
             print(r["score"] if "score" in r else f"{r['score_chosen']}\t{r['score_rejected']}")
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Look at preference data and convert it.")
+app.add_typer(data_app, name="data")
+
+
+def _data_options(data_format, data_map, pku_label, pku_safety_filter, on_error="raise"):
+    from hafrm.data.formats import DataOptions, parse_mapping
+
+    return DataOptions(
+        format=data_format,
+        mapping=parse_mapping(data_map or []),
+        on_error=on_error,
+        pku_label=pku_label,
+        pku_safety_filter=pku_safety_filter,
+    )
+
+
+@data_app.command("inspect")
+def data_inspect(
+    paths: list[str] = typer.Argument(..., help="Files (.jsonl/.json/.parquet/.csv[.gz]) or Hub dataset ids."),
+    data_format: str | None = typer.Option(None, "--format", help=H("data_format")),
+    data_map: list[str] | None = typer.Option(None, "--map", help=H("data_map")),
+    pku_label: str = typer.Option("safer", help=H("pku_label")),
+    pku_safety_filter: bool = typer.Option(False, "--pku-safety-filter", help=H("pku_safety_filter")),
+    model: str | None = typer.Option("smollm2", help="Tokenizer for the token-length figures ('' to skip)."),
+    max_length: int = typer.Option(512, help=H("max_length")),
+    max_prompt_length: int = typer.Option(256, help=H("max_prompt_length")),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as JSON here."),
+) -> None:
+    """Detected format, pairs kept, ties and drops with reasons, prompts, duplicates, token lengths."""
+    try:
+        from hafrm.data.inspect import inspect_source
+
+        opts = _data_options(data_format, data_map, pku_label, pku_safety_filter)
+        tokenizer = None
+        if model:
+            from transformers import AutoTokenizer
+
+            from hafrm.models import resolve_model
+
+            tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+        infos = [inspect_source(p, opts, tokenizer, max_length, max_prompt_length) for p in paths]
+    except HafError as e:
+        _fail(str(e))
+    for info in infos:
+        print_inspect(info)
+    if json_out:
+        json_out.write_text(json.dumps(infos, indent=2) + "\n")
+
+
+@data_app.command("convert")
+def data_convert(
+    path: str = typer.Argument(..., help="A file or Hub dataset id in any format `data inspect` reads."),
+    out: Path = typer.Option(..., "--out", help="Normalised JSONL (prompt as messages, chosen, rejected)."),
+    data_format: str | None = typer.Option(None, "--format", help=H("data_format")),
+    data_map: list[str] | None = typer.Option(None, "--map", help=H("data_map")),
+    on_error: str = typer.Option("raise", help=H("on_error")),
+    pku_label: str = typer.Option("safer", help=H("pku_label")),
+    pku_safety_filter: bool = typer.Option(False, "--pku-safety-filter", help=H("pku_safety_filter")),
+) -> None:
+    """Write a source's pairs in hafrm's normalised JSONL, which `--data` reads back unchanged."""
+    try:
+        from hafrm.data.inspect import convert_source
+        from hafrm.data.io import summary_line
+
+        report = convert_source(path, _data_options(data_format, data_map, pku_label, pku_safety_filter, on_error), out)
+    except HafError as e:
+        _fail(str(e))
+    console.print(summary_line(report), highlight=False)
+    console.print(f"wrote {report.kept} pairs to {out}", highlight=False)
+
+
+def print_inspect(info: dict[str, Any]) -> None:
+    """One source's figures as a two-column table, to stdout."""
+    table = Table(title=f"{info['path']}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    table.add_row("format", info["format"])
+    table.add_row("records read", str(info["records"]))
+    table.add_row("pairs (before bad-record skips)", str(info["pairs"]))
+    table.add_row("pairs kept", f"[bold]{info['kept']}[/]")
+    for reason, n in sorted(info["dropped"].items()):
+        table.add_row("dropped", f"{n}  {reason}")
+    for kind, n in sorted(info["skipped"].items()):
+        table.add_row("bad records", f"{n}  {kind}  (first: {info['first_error'][kind]})")
+    for note, n in sorted(info["notes"].items()):
+        table.add_row("note", f"{n}  {note}")
+    table.add_row("distinct prompts", str(info["prompts"]))
+    table.add_row("multi-turn prompts", str(info["multi_turn_prompts"]))
+    table.add_row("duplicate pairs", str(info["duplicate_pairs"]))
+    if info["subsets"]:
+        table.add_row("subsets", ", ".join(f"{k} {v}" for k, v in sorted(info["subsets"].items())))
+    for name, pct in info.get("tokens", {}).items():
+        table.add_row(f"tokens: {name}", "  ".join(f"{k} {v}" for k, v in pct.items()))
+    if "tokenisation" in info:
+        t = info["tokenisation"]
+        cut = ", ".join(f"{n} {what}" for what, n in sorted(t["truncated"].items())) or "none"
+        drop = ", ".join(f"{n} {why}" for why, n in sorted(t["dropped"].items())) or "none"
+        table.add_row(f"at max_length {t['max_length']}", f"{t['kept']} kept; truncated: {cut}; dropped: {drop}")
+    Console().print(table)
 
 
 @app.command("prepare-model")

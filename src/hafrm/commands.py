@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from hafrm.config import HafConfig
-from hafrm.data.io import iter_records, load_pairs, prompt_messages, record_to_pair, split_by_prompt
+from hafrm.data.formats import DataOptions, Notes, RecordError, convert, messages
+from hafrm.data.io import iter_records, load_pairs, split_by_prompt
 from hafrm.data.tokenize import PairTokenizer, pair_features
 from hafrm.errors import DataError, HafError
 from hafrm.evaluate import evaluate_pairs
@@ -59,17 +60,18 @@ def score_file(model_dir: Path, path: Path, head: str | None, batch_size: int) -
         raise DataError(f"{path}: no records to score")
     prompts, responses, slots = [], [], []
     for where, rec in records:
-        loc = f"{path}:{where}"
+        if isinstance(rec, RecordError):
+            raise rec
         if isinstance(rec, dict) and "response" in rec:
             if not isinstance(rec["response"], str):
-                raise DataError(f"{loc}: field 'response' must be a string")
+                raise DataError(f"{where}: field 'response' must be a string")
             if "prompt" not in rec:
-                raise DataError(f"{loc}: missing field 'prompt'")
-            prompts.append(prompt_messages(rec["prompt"], loc))
+                raise DataError(f"{where}: missing field 'prompt'")
+            prompts.append(messages(rec["prompt"], where, "prompt"))
             responses.append(rec["response"])
             slots.append(["score"])
         else:
-            pair = record_to_pair(rec, loc, "")
+            pair = convert(rec, where, "trl", DataOptions(), Notes())
             prompts += [pair.prompt, pair.prompt]
             responses += [pair.chosen, pair.rejected]
             slots.append(["score_chosen", "score_rejected"])

@@ -9,7 +9,8 @@ from typing import Any
 
 import yaml
 
-from hafrm.errors import ConfigError
+from hafrm.data.formats import FORMATS, PKU_LABELS, DataOptions, parse_mapping
+from hafrm.errors import ConfigError, DataError
 from hafrm.losses import POLICY_LOSSES
 
 
@@ -65,13 +66,23 @@ class HafConfig:
     center_rewards_coefficient: float = _f(0.0, "Weight of the reward-centering loss (r_w+r_l)^2.")
     freeze_layers: int = _f(6, "Freeze the input embeddings and the bottom N decoder layers (0 = train everything).")
     # data
-    data: list[str] = _f(["builtin"], "Training data: 'builtin' or JSONL file(s), repeatable.")
-    eval_data: list[str] = _f([], "Eval data files; default: a held-out split of --data.")
+    data: list[str] = _f(
+        ["builtin"], "Training data: 'builtin', files (.jsonl/.json/.parquet/.csv[.gz]) or Hub ids; repeat to mix."
+    )
+    eval_data: list[str] = _f([], "Eval data (as --data); default: a held-out split of --data.")
+    data_format: str | None = _f(None, "Format of every data source (default: detected per source).")
+    data_map: list[str] = _f([], "Field mapping TARGET=FIELD (e.g. chosen=answers.0), repeatable.")
+    on_error: str = _f("raise", "Bad records: 'raise' (stop, naming file:line and field) or 'skip' (count them).")
+    max_pairs_per_source: int | None = _f(None, "Cap on pairs taken from each source (a seeded sample).")
+    pku_label: str = _f("safer", "PKU-SafeRLHF native label: 'safer' or 'better'.")
+    pku_safety_filter: bool = _f(False, "PKU-SafeRLHF native: keep only pairs where exactly one response is safe.")
     eval_fraction: float = _f(0.2, "Held-out share when eval data is split from --data.")
     builtin_pairs: int = _f(1000, "Pairs generated for the built-in task (before the split).")
     system_prompt: str | None = _f(None, "System message prepended to every prompt, if set.")
-    max_length: int = _f(512, "Max tokens per sequence (prompt + response); longer pairs dropped.")
-    max_prompt_length: int = _f(256, "Max prompt tokens; longer prompts keep their end.")
+    max_length: int = _f(
+        512, "Max tokens per sequence; longer responses are cut, keeping the tokens that close the turn."
+    )
+    max_prompt_length: int = _f(256, "Max prompt tokens (< max_length); longer prompts keep their end.")
     # optimisation
     output_dir: str = _f("runs/hafrm", "Where checkpoints, the final model and metrics go.")
     learning_rate: float = _f(1e-4, "Peak learning rate of the backbone (1e-4 suits 135M; use ~1e-5 for 1B+).")
@@ -139,8 +150,37 @@ class HafConfig:
             raise ConfigError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
         if not 0 < self.eval_fraction < 1:
             raise ConfigError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        self._validate_data()
+
+    def _validate_data(self) -> None:
         if not self.data:
             raise ConfigError("data is empty: give 'builtin' or at least one file")
+        if not 0 < self.max_prompt_length < self.max_length:
+            raise ConfigError(
+                f"max_prompt_length must be >= 1 and < max_length ({self.max_length}), got {self.max_prompt_length}"
+            )
+        _choice("on_error", self.on_error, dict.fromkeys(("raise", "skip")))
+        if self.data_format is not None:
+            _choice("data_format", self.data_format, FORMATS)
+        _choice("pku_label", self.pku_label, dict.fromkeys(PKU_LABELS))
+        if self.max_pairs_per_source is not None and self.max_pairs_per_source < 1:
+            raise ConfigError(f"max_pairs_per_source must be >= 1, got {self.max_pairs_per_source}")
+        try:
+            parse_mapping(self.data_map)
+        except DataError as e:
+            raise ConfigError(str(e)) from None
+
+    def data_options(self) -> DataOptions:
+        """How every data source of this run is read."""
+        return DataOptions(
+            format=self.data_format,
+            mapping=parse_mapping(self.data_map),
+            on_error=self.on_error,
+            pku_label=self.pku_label,
+            pku_safety_filter=self.pku_safety_filter,
+            max_pairs=self.max_pairs_per_source,
+            seed=self.seed,
+        )
 
     # construction ----------------------------------------------------------------------
     @classmethod

@@ -19,7 +19,7 @@ from hafrm import __version__
 from hafrm.baselines import shortcut_report
 from hafrm.config import SELECTION_METRICS, HafConfig
 from hafrm.data import builtin
-from hafrm.data.io import load_pairs, split_by_prompt
+from hafrm.data.io import LoadReport, load_source, split_by_prompt, summary_line
 from hafrm.data.tokenize import PairCollator, PairTokenizer, TokenizeResult, pair_dataset, pair_features
 from hafrm.data.types import PreferencePair
 from hafrm.errors import ConfigError, DataError
@@ -57,26 +57,41 @@ def builtin_pairs(cfg: HafConfig) -> list[PreferencePair]:
     return [dataclasses.replace(p, prompt=[system, *p.prompt]) for p in pairs]
 
 
-def load_data(cfg: HafConfig) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """Train and eval pairs from `cfg.data` / `cfg.eval_data` ('builtin' = the built-in task)."""
-    pairs: list[PreferencePair] = []
-    for item in cfg.data:
-        pairs += builtin_pairs(cfg) if item == "builtin" else load_pairs(item)
+def load_data(cfg: HafConfig) -> tuple[list[PreferencePair], list[PreferencePair], list[LoadReport]]:
+    """Train and eval pairs from `cfg.data` / `cfg.eval_data` ('builtin' = the built-in task).
+
+    Each source is read with `cfg.data_options()` and capped; the mix is split by a hash of the
+    prompt, so no prompt is on both sides. The reports account for every record read.
+    """
+    opts = cfg.data_options()
+    reports: list[LoadReport] = []
+
+    def read(item: str) -> list[PreferencePair]:
+        if item == "builtin":
+            return builtin_pairs(cfg)
+        pairs, report = load_source(item, opts)
+        reports.append(report)
+        log.warning("%s", summary_line(report))
+        if not pairs:
+            raise DataError(f"{item}: no preference pairs kept ({summary_line(report)})")
+        return pairs
+
+    pairs = [p for item in cfg.data for p in read(item)]
     if cfg.eval_data:
-        eval_pairs = [p for item in cfg.eval_data for p in load_pairs(item)]
-        return pairs, eval_pairs
+        eval_pairs = [p for item in cfg.eval_data for p in read(item)]
+        return pairs, eval_pairs, reports
     train, test = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
     if not train or not test:
         raise DataError(f"{len(pairs)} pairs are too few to hold out an eval split of {cfg.eval_fraction}")
-    return train, test
+    return train, test, reports
 
 
 def _report_drops(name: str, res: TokenizeResult) -> dict[str, int]:
-    for reason, n in res.dropped.items():
-        log.warning("%s: dropped %d pair(s): %s", name, n, reason)
-    if res.truncated_prompts:
-        log.warning("%s: truncated %d prompt(s) to max_prompt_length (kept their end)", name, res.truncated_prompts)
-    return {f"{name}/{k}": v for k, v in res.dropped.items()}
+    for line in res.summary():
+        log.warning("%s %s", name, line)
+    counts = {f"{name}/dropped/{src or 'data'}/{why}": n for (src, why), n in res.dropped.items()}
+    counts |= {f"{name}/truncated/{src or 'data'}/{what}": n for (src, what), n in res.truncated.items()}
+    return counts
 
 
 def _training_args(cfg: HafConfig, n_train: int, bf16: bool) -> TrainingArguments:
@@ -143,7 +158,7 @@ def train(cfg: HafConfig) -> TrainResult:
         model.freeze_bottom(cfg.freeze_layers)
     except ValueError as e:
         raise ConfigError(f"freeze_layers: {e}") from None
-    train_pairs, eval_pairs = load_data(cfg)
+    train_pairs, eval_pairs, data_reports = load_data(cfg)
     encoder = PairTokenizer(tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt)
     train_tok, eval_tok = encoder.tokenize(train_pairs), encoder.tokenize(eval_pairs)
     dropped = _report_drops("train", train_tok) | _report_drops("eval", eval_tok)
@@ -183,6 +198,8 @@ def train(cfg: HafConfig) -> TrainResult:
     metrics["train/seconds"] = time.time() - start
     out = Path(cfg.output_dir)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    data_report = {"sources": [r.to_dict() for r in data_reports], "tokenisation": dropped}
+    (out / "data.json").write_text(json.dumps(data_report, indent=2, sort_keys=True) + "\n")
     return TrainResult(
         out,
         metrics,

@@ -30,8 +30,18 @@ class TokenizedPair:
 @dataclass
 class TokenizeResult:
     pairs: list[TokenizedPair]
-    dropped: Counter = field(default_factory=Counter)  # reason -> count
-    truncated_prompts: int = 0
+    dropped: Counter = field(default_factory=Counter)  # (source, reason) -> pairs dropped
+    truncated: Counter = field(default_factory=Counter)  # (source, "prompt" | "response") -> pairs cut
+
+    def summary(self) -> list[str]:
+        """One line per source and reason, for logs and `hafrm data inspect`."""
+        lines = [f"{src or 'data'}: {n} pair(s) dropped: {why}" for (src, why), n in sorted(self.dropped.items())]
+        lines += [
+            f"{src or 'data'}: {n} pair(s) with the {what} truncated"
+            + (" (kept its end)" if what == "prompt" else " (kept its start and final token)")
+            for (src, what), n in sorted(self.truncated.items())
+        ]
+        return lines
 
 
 def _messages(messages: Sequence[dict[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
@@ -54,6 +64,21 @@ class PairTokenizer:
         self.max_prompt_length = max_prompt_length
         self.system_prompt = system_prompt
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
+        self.closing = self._closing_ids()
+
+    def _closing_ids(self) -> list[int]:
+        """The tokens that close an assistant turn (ChatML: `<|im_end|>`, `\\n`); kept when a response is cut."""
+        marker = "Zq9"
+        if self.has_template:
+            try:
+                text = self.tok.apply_chat_template(
+                    [{"role": "user", "content": "a"}, {"role": "assistant", "content": marker}], tokenize=False
+                )
+            except Exception:  # a template that rejects this conversation: keep the last token only
+                text = ""
+            if marker in text:
+                return self._ids(text[text.rindex(marker) + len(marker) :]) or [self.tok.eos_token_id]
+        return [self.tok.eos_token_id]
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -78,26 +103,35 @@ class PairTokenizer:
             full_ids = prompt_ids + self._ids(response) + [self.tok.eos_token_id]
         return full_ids, len(prompt_ids)
 
-    def truncate(self, ids: list[int], prompt_len: int) -> tuple[list[int], int, bool]:
-        """Keep the end of an over-long prompt; responses are never cut (reward token stays)."""
-        if prompt_len <= self.max_prompt_length:
-            return ids, prompt_len, False
-        cut = prompt_len - self.max_prompt_length
-        return ids[cut:], self.max_prompt_length, True
+    def truncate(self, ids: list[int], prompt_len: int) -> tuple[list[int], int, set[str]]:
+        """Fit `max_length`: cut the prompt's start first, then the response's end before its closing tokens.
+
+        The closing tokens of the turn (the last of them is where the reward is read) always stay,
+        so a truncated response still ends the way every training sequence does.
+        """
+        cut: set[str] = set()
+        if prompt_len > self.max_prompt_length:
+            ids, prompt_len = ids[prompt_len - self.max_prompt_length :], self.max_prompt_length
+            cut.add("prompt")
+        if len(ids) > self.max_length:
+            n = len(self.closing)
+            tail = ids[-n:] if ids[-n:] == self.closing and prompt_len + n < self.max_length else ids[-1:]
+            ids = ids[: self.max_length - len(tail)] + tail
+            cut.add("response")
+        return ids, prompt_len, cut
 
     def tokenize(self, pairs: Sequence[PreferencePair]) -> TokenizeResult:
         result = TokenizeResult(pairs=[])
         for i, pair in enumerate(pairs):
-            c_ids, c_len = self.encode(pair.prompt, pair.chosen)
-            r_ids, r_len = self.encode(pair.prompt, pair.rejected)
-            c_ids, c_len, cut_c = self.truncate(c_ids, c_len)
-            r_ids, r_len, cut_r = self.truncate(r_ids, r_len)
-            result.truncated_prompts += int(cut_c or cut_r)
-            if max(len(c_ids), len(r_ids)) > self.max_length:
-                result.dropped["longer than max_length"] += 1
-                continue
+            c_ids, c_len, cut_c = self.truncate(*self.encode(pair.prompt, pair.chosen))
+            r_ids, r_len, cut_r = self.truncate(*self.encode(pair.prompt, pair.rejected))
+            for what in cut_c | cut_r:
+                result.truncated[(pair.source, what)] += 1
             if len(c_ids) == c_len or len(r_ids) == r_len:
-                result.dropped["empty response"] += 1
+                result.dropped[(pair.source, "empty response after tokenisation")] += 1
+                continue
+            if c_ids == r_ids:
+                result.dropped[(pair.source, "identical after truncation")] += 1
                 continue
             tag = str(pair.meta.get("skill") or pair.meta.get("subset") or pair.source or "all")
             result.pairs.append(TokenizedPair(c_ids, r_ids, c_len, r_len, pair.margin, pair.source, tag, i))
