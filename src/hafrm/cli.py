@@ -94,14 +94,20 @@ def train(
 @app.command("eval")
 def eval_cmd(
     model_dir: Path = typer.Argument(..., help="A folder written by `hafrm train`."),
-    data: list[str] = typer.Option(..., help="Pairs to evaluate: JSONL/JSON files, or 'builtin'."),
+    data: list[str] = typer.Option(..., help="Pairs to evaluate (any --data source of `train`), or 'builtin'."),
     out: Path | None = typer.Option(None, help="Write the metrics as JSON here."),
+    data_format: str | None = typer.Option(None, "--format", help=H("data_format")),
+    data_map: list[str] | None = typer.Option(None, "--map", help=H("data_map")),
+    on_error: str = typer.Option("raise", help=H("on_error")),
+    pku_label: str = typer.Option("safer", help=H("pku_label")),
+    pku_safety_filter: bool = typer.Option(False, "--pku-safety-filter", help=H("pku_safety_filter")),
 ) -> None:
-    """Pairwise accuracy of every head of a trained model, overall and per tag."""
+    """Pairwise accuracy of every head of a trained model, overall, per source or skill, per subset."""
     try:
         from hafrm.commands import evaluate_model_dir
 
-        metrics = evaluate_model_dir(model_dir, data)
+        opts = _data_options(data_format, data_map, pku_label, pku_safety_filter, on_error)
+        metrics = evaluate_model_dir(model_dir, data, opts)
     except HafError as e:
         _fail(str(e))
     print_eval_table(metrics, title=f"accuracy of {model_dir}")

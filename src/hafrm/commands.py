@@ -27,7 +27,7 @@ def _train_config(rm: RewardModel) -> HafConfig:
         raise HafError(f"{rm.path}: cannot read its training config: {e}") from None
 
 
-def evaluate_model_dir(model_dir: Path, data: list[str]) -> dict[str, float]:
+def evaluate_model_dir(model_dir: Path, data: list[str], options: DataOptions | None = None) -> dict[str, float]:
     """Accuracy of both heads of a saved model on `data` ('builtin' = its held-out split)."""
     rm = RewardModel.from_pretrained(model_dir)
     cfg = _train_config(rm)
@@ -36,7 +36,7 @@ def evaluate_model_dir(model_dir: Path, data: list[str]) -> dict[str, float]:
         if item == "builtin":  # the same held-out split the model was evaluated on in training
             pairs += split_by_prompt(builtin_pairs(cfg), cfg.eval_fraction, cfg.seed)[1]
         else:
-            pairs += load_pairs(item)
+            pairs += load_pairs(item, options)
     tok = PairTokenizer(rm.tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt).tokenize(pairs)
     if not tok.pairs:
         raise DataError(f"no pairs left to evaluate (dropped: {dict(tok.dropped)})")

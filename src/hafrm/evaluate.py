@@ -25,6 +25,7 @@ class EvalResult:
     implicit_chosen: torch.Tensor | None = None
     implicit_rejected: torch.Tensor | None = None
     tags: list[str] = field(default_factory=list)
+    subsets: list[str] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -59,26 +60,29 @@ def evaluate_pairs(
             iw[idx], il[idx] = s.implicit_chosen.float().cpu(), s.implicit_rejected.float().cpu()
     model.train(was_training)
     metrics = mean_metrics(rows, weights)
-    tags = [p.tag for p in pairs]
-    result = EvalResult(metrics, rw, rl, iw if have_implicit else None, il if have_implicit else None, tags)
+    tags, subsets = [p.tag for p in pairs], [p.subset for p in pairs]
+    result = EvalResult(metrics, rw, rl, iw if have_implicit else None, il if have_implicit else None, tags, subsets)
     _add_summary(result, cfg)
     return result
 
 
 def _add_summary(result: EvalResult, cfg: HafConfig) -> None:
-    """Per-tag accuracy for each head, and the mode's inference head as plain keys."""
+    """Accuracy of each head overall, per tag (`tag/...`) and per subset (`subset/...`), and the
+    mode's inference head as plain keys."""
     heads = {"reward_head": (result.reward_chosen, result.reward_rejected)}
     if result.implicit_chosen is not None:
         heads["implicit"] = (result.implicit_chosen, result.implicit_rejected)
-    by_tag: dict[str, list[int]] = defaultdict(list)
-    for i, t in enumerate(result.tags):
-        by_tag[t].append(i)
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, (t, sub) in enumerate(zip(result.tags, result.subsets or [""] * len(result.tags), strict=True)):
+        groups[("tag", t)].append(i)
+        if sub:
+            groups[("subset", sub)].append(i)
     m = result.metrics
     for head, (c, r) in heads.items():
         acc = accuracy(c, r)
         m[f"{head}/accuracy"] = acc.mean().item()
-        for tag, idx in sorted(by_tag.items()):
-            m[f"tag/{tag}/{head}/accuracy"] = acc[idx].mean().item()
+        for (kind, name), idx in sorted(groups.items()):
+            m[f"{kind}/{name}/{head}/accuracy"] = acc[idx].mean().item()
     head = HEADS[cfg.mode_spec.inference_head]
     if head in heads:
         c, r = heads[head]

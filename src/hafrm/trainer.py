@@ -78,7 +78,9 @@ class HafTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         result = evaluate_pairs(self.model, self.haf_config, self.eval_pairs, self.eval_features, self.pad_token_id)
         self.eval_history[self.state.global_step] = result
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in result.metrics.items() if not k.startswith("tag/")}
+        metrics = {
+            f"{metric_key_prefix}_{k}": v for k, v in result.metrics.items() if not k.startswith(("tag/", "subset/"))
+        }
         metrics[f"{metric_key_prefix}_step"] = float(self.state.global_step)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)

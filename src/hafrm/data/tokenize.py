@@ -23,8 +23,9 @@ class TokenizedPair:
     rejected_prompt_len: int
     margin: float | None
     source: str
-    tag: str  # skill / subset, for per-group metrics
+    tag: str  # skill (built-in task) or source, for per-group metrics
     index: int  # position in the input list
+    subset: str = ""  # a finer label within a source (RewardBench subset, Auto-J scenario)
 
 
 @dataclass
@@ -133,8 +134,9 @@ class PairTokenizer:
             if c_ids == r_ids:
                 result.dropped[(pair.source, "identical after truncation")] += 1
                 continue
-            tag = str(pair.meta.get("skill") or pair.meta.get("subset") or pair.source or "all")
-            result.pairs.append(TokenizedPair(c_ids, r_ids, c_len, r_len, pair.margin, pair.source, tag, i))
+            tag = str(pair.meta.get("skill") or pair.source or "all")
+            subset = str(pair.meta.get("subset") or "")
+            result.pairs.append(TokenizedPair(c_ids, r_ids, c_len, r_len, pair.margin, pair.source, tag, i, subset))
         return result
 
 
