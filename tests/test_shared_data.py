@@ -1,5 +1,6 @@
 """The real public test splits in ../shared/data read with the counts their sources publish (skip if absent)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,26 @@ def test_hh_multi_turn_prompts_and_pku_prompts():
 def test_default_mode_stops_at_the_first_bad_record_with_its_line():
     with pytest.raises(Exception, match=r"hh-helpful-base-test.jsonl.gz:\d+: field 'rejected' is empty"):
         load_source(str(SHARED / "hh-helpful-base-test.jsonl.gz"))
+
+
+def test_train_on_a_mix_of_two_shared_sets(tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from hafrm.cli import app
+
+    out = tmp_path / "mix"
+    args = ["train", "--model", str(tiny_model_dir), "--output-dir", str(out), "--max-steps", "2"]
+    args += ["--data", str(SHARED / "hh-helpful-base-test.jsonl.gz"), "--data", str(SHARED / "pandalm-test.json.gz")]
+    args += ["--max-pairs-per-source", "40", "--on-error", "skip", "--max-length", "128", "--max-prompt-length", "64"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "data.json").read_text())
+    hh, panda = data["sources"]
+    assert (hh["kept"], hh["capped"], panda["kept"], panda["capped"]) == (40, 2348 - 40, 40, 835 - 40)
+    assert panda["skipped"] == {"empty response": 52, "not a string": 6, "empty field": 1}
+    assert any(k.startswith("train/truncated/hh-helpful-base-test/") for k in data["tokenisation"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train/pairs"] + metrics["eval/pairs"] == 80
+    assert {"eval/tag/hh-helpful-base-test/reward_head/accuracy", "eval/tag/pandalm-test/implicit/accuracy"} <= set(
+        metrics
+    )  # accuracy per source

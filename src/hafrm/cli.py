@@ -47,6 +47,8 @@ def train(
     data: list[str] | None = typer.Option(None, help=H("data")),
     eval_data: list[str] | None = typer.Option(None, help=H("eval_data")),
     eval_fraction: float | None = typer.Option(None, help=H("eval_fraction")),
+    max_length: int | None = typer.Option(None, help=H("max_length")),
+    max_prompt_length: int | None = typer.Option(None, help=H("max_prompt_length")),
     output_dir: str | None = typer.Option(None, help=H("output_dir")),
     max_steps: int | None = typer.Option(None, help=H("max_steps")),
     save_steps: int | None = typer.Option(None, help=H("save_steps")),
