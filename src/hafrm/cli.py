@@ -230,7 +230,9 @@ def print_inspect(info: dict[str, Any]) -> None:
     table.add_row("multi-turn prompts", str(info["multi_turn_prompts"]))
     table.add_row("duplicate pairs", str(info["duplicate_pairs"]))
     if info["subsets"]:
-        table.add_row("subsets", ", ".join(f"{k} {v}" for k, v in sorted(info["subsets"].items())))
+        largest = sorted(info["subsets"].items(), key=lambda kv: (-kv[1], kv[0]))
+        shown = ", ".join(f"{k} {v}" for k, v in largest[:6]) + (" …" if len(largest) > 6 else "")
+        table.add_row("subsets", f"{len(largest)}: {shown}")
     for name, pct in info.get("tokens", {}).items():
         table.add_row(f"tokens: {name}", "  ".join(f"{k} {v}" for k, v in pct.items()))
     if "tokenisation" in info:
