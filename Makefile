@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # installed without its dependencies (they are an unrelated CLI).
 STAMP := $(VENV)/.installed-0.1.0
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ lint: $(STAMP)
 
 test: setup lint
 	$(BIN)/python -m pytest -q
+
+# The performance benchmark (not a test): hafrm against TRL, JSON report in bench.json.
+bench: setup
+	$(BIN)/python -m pip install -q torch==2.13.0 -e ".[dev,bench]"
+	$(BIN)/hafrm bench --out bench.json
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -45,7 +45,7 @@ def test_arena_winner_ties_and_multi_turn_history():
     assert multi.prompt == _user("Hi")
     assert multi.chosen == "Hey there!\n\nHuman: Capital of France?\n\nAssistant: Paris."
     assert multi.rejected.startswith("Hello.") and multi.rejected.endswith("Lyon.")
-    assert rep.notes == {"differs before the last turn (later turns kept in the response)": 1}
+    assert rep.notes == {"differ before the last turn (later turns kept in the response)": 1}
 
 
 def test_alpacafarm_instruction_and_input_make_the_prompt():
@@ -69,7 +69,7 @@ def test_hh_transcripts_become_multi_turn_prompts(tmp_path):
         tmp_path / "hh.jsonl",
         [
             {"chosen": history + "\n\nAssistant: A dog.", "rejected": history + "\n\nAssistant: Rocks."},
-            {  # differs before the last turn: counted, later turns kept in the responses
+            {  # differ before the last turn: counted, later turns kept in the responses
                 "chosen": "\n\nHuman: Q\n\nAssistant: A1\n\nHuman: more\n\nAssistant: A2",
                 "rejected": "\n\nHuman: Q\n\nAssistant: B1",
             },

@@ -48,7 +48,7 @@ def test_hh_multi_turn_prompts_and_pku_prompts():
     pairs, rep = load_source(str(SHARED / "hh-helpful-base-test.jsonl.gz"), SKIP)
     assert sum(len(p.prompt) > 1 for p in pairs) > 500  # the shared history is kept as turns
     assert all(p.prompt[-1]["role"] == "user" for p in pairs)
-    assert rep.notes == {"differs before the last turn (later turns kept in the response)": 9}
+    assert rep.notes == {"differ before the last turn (later turns kept in the response)": 9}
     pku, _ = load_source(str(SHARED / "pku-saferlhf-safer-test.json.gz"))
     assert len({p.prompt_text() for p in pku}) == 930
 

@@ -67,6 +67,7 @@ def train(
     pku_label: str | None = typer.Option(None, help=H("pku_label")),
     pku_safety_filter: bool | None = typer.Option(None, "--pku-safety-filter", help=H("pku_safety_filter")),
     cache_dir: str | None = typer.Option(None, help=H("cache_dir")),
+    packing: bool | None = typer.Option(None, "--packing/--no-packing", help=H("packing")),
     resume: bool = typer.Option(False, "--resume", help=H("resume")),
 ) -> None:
     """Train a reward model. With no arguments: HaF on the built-in task, embedded SmolLM2."""
@@ -241,6 +242,40 @@ def print_inspect(info: dict[str, Any]) -> None:
         drop = ", ".join(f"{n} {why}" for why, n in sorted(t["dropped"].items())) or "none"
         table.add_row(f"at max_length {t['max_length']}", f"{t['kept']} kept; truncated: {cut}; dropped: {drop}")
     Console().print(table)
+
+
+@app.command()
+def bench(
+    out: Path = typer.Option(Path("bench.json"), help="Where the JSON report goes."),
+    model: str = typer.Option("smollm2", help="Model for every contender."),
+    data: str | None = typer.Option(
+        None, help="Pairs (any --data source); default: ../shared HH helpful, else builtin."
+    ),
+    pairs: int = typer.Option(64, help="Pairs read (the first that fit --max-length)."),
+    batch_size: int = typer.Option(8, help="Pairs per optimizer step, for every contender."),
+    steps: int = typer.Option(4, help="Timed optimizer steps per training contender (after one warm-up)."),
+    max_length: int = typer.Option(512, help="Pairs longer than this are left out (no contender truncates)."),
+    packing: bool = typer.Option(True, "--packing/--no-packing", help="hafrm contenders pack their batches."),
+    contender: list[str] | None = typer.Option(None, help="Run only these (repeatable); default: all."),
+) -> None:
+    """Throughput and memory of hafrm against TRL's RewardTrainer and DPOTrainer, and scoring."""
+    from hafrm.bench import CONTENDERS, BenchSpec, run_bench
+
+    unknown = sorted(set(contender or []) - set(CONTENDERS))
+    if unknown:
+        _fail(f"unknown contender(s) {unknown}; accepted: {', '.join(CONTENDERS)}")
+    spec = BenchSpec(model, data, pairs, batch_size, steps, max_length, packing=packing)
+    if contender:
+        spec.contenders = list(contender)
+    try:
+        report = run_bench(spec, log=lambda m: console.print(m, highlight=False))
+    except HafError as e:
+        _fail(str(e))
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    for key, value in report.items():
+        if key.startswith(("ratio/", "fraction_")):
+            console.print(f"{key}: {'n/a' if value is None else f'{value:.3f}'}", highlight=False)
+    console.print(f"wrote {out} ({report['seconds']:.0f} s)", highlight=False)
 
 
 @app.command("prepare-model")

@@ -106,6 +106,8 @@ class HafConfig:
     seed: int = _f(42, "Random seed (data order, init, built-in task).")
     precision: str = _f("auto", "fp32, bf16, or auto (bf16 only where measured faster).")
     logprob_chunk_size: int = _f(512, "Response positions per LM-head chunk.")
+    packing: bool = _f(True, "Pack each batch's sequences into rows without padding (block-causal attention).")
+    pack_length: int = _f(1024, "Tokens per packed row (with --packing); a longer sequence gets its own row.")
     cache_dir: str | None = _f(None, "Cache for models and reference log-probs (~/.cache/hafrm).")
     resume: bool = _f(False, "Resume from the last checkpoint in output_dir.")
 
@@ -143,7 +145,7 @@ class HafConfig:
             raise ConfigError(f"alpha must be >= 0, got {self.alpha}")
         if self.beta <= 0:
             raise ConfigError(f"beta must be > 0, got {self.beta}")
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "pack_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.freeze_layers < 0:

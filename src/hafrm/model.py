@@ -25,7 +25,7 @@ HAFRM_CONFIG_FILE = "hafrm_config.json"
 
 @dataclass
 class HybridOutput:
-    rewards: Tensor  # (2B,) fp32, reward head at each sequence's last real token
+    rewards: Tensor  # (2B,) fp32, reward head at each sequence's last real token (chosen first)
     logps: Tensor | None  # (2B,) fp32, summed response-token log-probs (None if not asked)
     response_lengths: Tensor | None  # (2B,) response tokens counted in `logps`
 
@@ -55,16 +55,23 @@ def response_logps(
     response_mask: Tensor,
     chunk_size: int = 512,
     softcap: float | None = None,
+    segment_ids: Tensor | None = None,
+    n_sequences: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Summed log-probs of the tokens where `response_mask` is 1, and their counts.
+    """Summed log-probs of the tokens where `response_mask` is 1, and their counts, per sequence.
 
     Only positions that predict a response token are projected through the LM head, in chunks
     of `chunk_size`; with gradients on, each chunk is recomputed in backward (checkpointed) so
-    at most one `(chunk_size, V)` block of logits is alive at a time.
+    at most one `(chunk_size, V)` block of logits is alive at a time. A padded batch has one
+    sequence per row; a packed one gives each token's sequence in `segment_ids` (same shape as
+    `input_ids`). The first token of a sequence is never a response token, so no sequence is
+    ever scored from its packed neighbour's last position.
     """
     target_mask = response_mask[:, 1:].bool()  # token t+1 is predicted at position t
     rows, cols = target_mask.nonzero(as_tuple=True)  # (N,) each
     targets = input_ids[rows, cols + 1]
+    seq = rows if segment_ids is None else segment_ids[rows, cols + 1]
+    n_rows = input_ids.shape[0] if segment_ids is None else int(n_sequences)
     states = hidden[rows, cols]  # (N, H)
     pieces = []
     for start in range(0, states.shape[0], chunk_size):
@@ -73,11 +80,9 @@ def response_logps(
             pieces.append(checkpoint(_token_logps, *args, softcap, use_reentrant=False))
         else:
             pieces.append(_token_logps(*args, softcap))
-    n_rows = input_ids.shape[0]
     token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
-    sums = torch.zeros(n_rows, dtype=torch.float32, device=hidden.device)
-    sums = sums.index_add(0, rows, token_logps)
-    lengths = target_mask.sum(-1)
+    sums = torch.zeros(n_rows, dtype=torch.float32, device=hidden.device).index_add(0, seq, token_logps)
+    lengths = torch.zeros(n_rows, dtype=torch.long, device=hidden.device).index_add(0, seq, torch.ones_like(seq))
     return sums, lengths
 
 
@@ -108,11 +113,22 @@ class HybridRewardModel(nn.Module):
 
     def forward(
         self,
-        input_ids: Tensor,  # (2B, T)
-        attention_mask: Tensor,  # (2B, T)
-        response_mask: Tensor | None = None,  # (2B, T) 1 on response tokens; None = no logps
-        position_ids: Tensor | None = None,
+        input_ids: Tensor,  # (2B, T) padded, or (R, L) packed rows
+        attention_mask: Tensor | None = None,  # (2B, T); None for packed rows
+        response_mask: Tensor | None = None,  # 1 on response tokens; None = no logps
+        position_ids: Tensor | None = None,  # packed: restarting at 0 for every sequence
+        seq_ends: Tensor | None = None,  # packed: (2B, 2) row and column of each sequence's last token
+        segment_ids: Tensor | None = None,  # packed: (R, L) the sequence of each token
     ) -> HybridOutput:
+        """Rewards and response log-probs of 2B sequences, padded or packed (see `pack_rows`).
+
+        Packed rows hold several sequences back to back with no padding; with `attention_mask`
+        None the backbone builds a block-causal mask from the restarting `position_ids`, so each
+        sequence attends only to itself (transformers' packed-sequence path).
+        """
+        packed = attention_mask is None
+        if packed and (position_ids is None or seq_ends is None or segment_ids is None):
+            raise ValueError("packed rows need position_ids, seq_ends and segment_ids")
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
         hidden = self.decoder()(
@@ -120,8 +136,11 @@ class HybridRewardModel(nn.Module):
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=False,
-        ).last_hidden_state  # (2B, T, H)
-        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]
+        ).last_hidden_state  # (2B, T, H) or (R, L, H)
+        if packed:
+            last = hidden[seq_ends[:, 0], seq_ends[:, 1]]
+        else:
+            last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             rewards = self.reward_head(last.float()).squeeze(-1)  # (2B,)
         logps = lengths = None
@@ -134,6 +153,8 @@ class HybridRewardModel(nn.Module):
                 response_mask,
                 chunk_size=self.logprob_chunk_size,
                 softcap=getattr(text_config, "final_logit_softcapping", None),
+                segment_ids=segment_ids if packed else None,
+                n_sequences=last.shape[0],
             )
         return HybridOutput(rewards=rewards, logps=logps, response_lengths=lengths)
 

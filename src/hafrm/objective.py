@@ -63,10 +63,13 @@ class HybridObjective:
             raise ValueError(f"loss {cfg.loss!r} needs reference log-probs but the batch has none")
         out = model(
             input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
+            attention_mask=batch.get("attention_mask"),  # None: packed rows
             response_mask=batch["response_mask"] if with_policy else None,
+            position_ids=batch.get("position_ids"),
+            seq_ends=batch.get("seq_ends"),
+            segment_ids=batch.get("segment_ids"),
         )
-        B = batch["input_ids"].shape[0] // 2
+        B = out.rewards.shape[0] // 2
         r_w, r_l = out.rewards[:B], out.rewards[B:]  # (B,) each
         margin = batch.get("margin") if cfg.use_margin else None
         bt = bradley_terry_loss(r_w, r_l, margin)

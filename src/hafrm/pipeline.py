@@ -175,7 +175,7 @@ def train(cfg: HafConfig) -> TrainResult:
         args=_training_args(cfg, len(train_tok.pairs), precision == "bf16"),
         train_dataset=pair_dataset(pair_features(train_tok.pairs, train_ref)),
         eval_dataset=eval_features,  # our evaluate() reads eval_pairs/eval_features directly
-        data_collator=PairCollator(pad_id),
+        data_collator=PairCollator(pad_id, pack_length=cfg.pack_length if cfg.packing else None),
         processing_class=tokenizer,
         haf_config=cfg,
         eval_pairs=eval_tok.pairs,

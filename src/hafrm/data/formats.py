@@ -141,7 +141,7 @@ def split_conversations(
     The prompt is the longest shared prefix of whole turns that ends with a user turn. Usually each
     side then has one assistant turn left. When the two differ earlier (multi-turn Arena, a few HH
     transcripts), each response is its first differing assistant turn followed by the later turns,
-    so nothing is lost, and the pair is counted under "differs before the last turn".
+    so nothing is lost, and the pair is counted under "differ before the last turn".
     """
     for name, conv in (("a", a), ("b", b)):
         if conv[-1]["role"] != "assistant":
@@ -155,7 +155,7 @@ def split_conversations(
         raise RecordError(where, "bad conversation", "the two conversations share no opening user turn")
     rest_a, rest_b = a[shared:], b[shared:]
     if len(rest_a) > 1 or len(rest_b) > 1:
-        notes.counts["differs before the last turn (later turns kept in the response)"] += 1
+        notes.counts["differ before the last turn (later turns kept in the response)"] += 1
     for rest in (rest_a, rest_b):
         if rest[0]["role"] != "assistant":
             raise RecordError(where, "bad conversation", "the turn after the shared history is not the assistant's")

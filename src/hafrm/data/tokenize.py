@@ -39,7 +39,7 @@ class TokenizeResult:
         lines = [f"{src or 'data'}: {n} pair(s) dropped: {why}" for (src, why), n in sorted(self.dropped.items())]
         lines += [
             f"{src or 'data'}: {n} pair(s) with the {what} truncated"
-            + (" (kept its end)" if what == "prompt" else " (kept its start and final token)")
+            + (" (kept its end)" if what == "prompt" else " (kept its start and the closing tokens)")
             for (src, what), n in sorted(self.truncated.items())
         ]
         return lines
@@ -175,6 +175,55 @@ def pad_rows(
     return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
 
 
+def pack_rows(
+    seqs: Sequence[list[int]], starts: Sequence[int], pad_id: int, row_length: int
+) -> dict[str, torch.Tensor]:
+    """Pack sequences back to back into rows of at most `row_length` tokens (first fit, in order).
+
+    Returns input_ids, position_ids (restarting at 0 for every sequence), response_mask,
+    segment_ids (the sequence of each token; -1 on the padding that evens the rows out) and
+    seq_ends (row, column of each sequence's last token). A sequence longer than `row_length`
+    gets a row of its own. The padding at a row's end is a block of its own (its positions
+    restart too), so no real token attends to it.
+    """
+    rows: list[list[int]] = []
+    used: list[int] = []
+    for i, seq in enumerate(seqs):
+        for r, n in enumerate(used):
+            if n + len(seq) <= row_length:
+                rows[r].append(i)
+                used[r] += len(seq)
+                break
+        else:
+            rows.append([i])
+            used.append(len(seq))
+    L = max(used)
+    shape = (len(rows), L)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    response_mask = torch.zeros(shape, dtype=torch.long)
+    segment_ids = torch.full(shape, -1, dtype=torch.long)
+    seq_ends = torch.zeros((len(seqs), 2), dtype=torch.long)
+    for r, members in enumerate(rows):
+        col = 0
+        for i in members:
+            n = len(seqs[i])
+            input_ids[r, col : col + n] = torch.tensor(seqs[i])
+            position_ids[r, col : col + n] = torch.arange(n)
+            response_mask[r, col + starts[i] : col + n] = 1
+            segment_ids[r, col : col + n] = i
+            seq_ends[i] = torch.tensor([r, col + n - 1])
+            col += n
+        position_ids[r, col:] = torch.arange(L - col)
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "response_mask": response_mask,
+        "segment_ids": segment_ids,
+        "seq_ends": seq_ends,
+    }
+
+
 def pair_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:
     """Rows as a `datasets.Dataset` with a `length` column, for the Trainer's length grouping."""
     for row in rows:
@@ -184,15 +233,19 @@ def pair_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:
 
 @dataclass
 class PairCollator:
-    """Stacks a batch of B pairs into 2B padded rows: chosen first, then rejected."""
+    """Stacks a batch of B pairs into 2B sequences, chosen first then rejected: padded rows, or packed."""
 
     pad_token_id: int
     padding_side: str = "right"
+    pack_length: int | None = None  # pack into rows of this many tokens instead of padding
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         seqs = [f["chosen_ids"] for f in features] + [f["rejected_ids"] for f in features]
         starts = [f["chosen_prompt_len"] for f in features] + [f["rejected_prompt_len"] for f in features]
-        batch = pad_rows(seqs, starts, self.pad_token_id, self.padding_side)  # (2B, T) each
+        if self.pack_length:
+            batch = pack_rows(seqs, starts, self.pad_token_id, self.pack_length)
+        else:
+            batch = pad_rows(seqs, starts, self.pad_token_id, self.padding_side)  # (2B, T) each
         batch["index"] = torch.tensor([f["index"] for f in features])  # (B,)
         if all(f.get("margin") is not None for f in features):
             batch["margin"] = torch.tensor([f["margin"] for f in features], dtype=torch.float32)
