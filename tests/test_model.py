@@ -1,5 +1,6 @@
 """Model mechanics on tiny random Llama and Qwen2 backbones."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -78,8 +79,10 @@ def test_chunked_logps_equal_full_logits(arch, tokenizer):
             assert torch.allclose(got, expected, atol=1e-5), chunk
 
 
-def test_chunked_logps_gradients_match_full_logits(tokenizer):
+@pytest.mark.parametrize("keep_bytes", [0, 2**30])  # recomputed in backward, or kept
+def test_chunked_logps_gradients_match_full_logits(tokenizer, keep_bytes):
     m = _model("llama", tokenizer)
+    m.keep_logits_bytes = keep_bytes
     _, batch = _batch(tokenizer, "right", n=2)
     _naive_logps(m, batch).sum().backward()
     expected = {n: p.grad.clone() for n, p in m.backbone.named_parameters() if p.grad is not None}

@@ -106,6 +106,9 @@ class HafConfig:
     seed: int = _f(42, "Random seed (data order, init, built-in task).")
     precision: str = _f("auto", "fp32, bf16, or auto (bf16 only where measured faster).")
     logprob_chunk_size: int = _f(512, "Response positions per LM-head chunk.")
+    logprob_keep_mib: int = _f(
+        512, "Response logits kept for backward up to this many MiB; beyond, chunks are recomputed (less memory)."
+    )
     packing: bool = _f(True, "Pack each batch's sequences into rows without padding (block-causal attention).")
     pack_length: int = _f(1024, "Tokens per packed row (with --packing); a longer sequence gets its own row.")
     cache_dir: str | None = _f(None, "Cache for models and reference log-probs (~/.cache/hafrm).")

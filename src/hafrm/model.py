@@ -57,11 +57,13 @@ def response_logps(
     softcap: float | None = None,
     segment_ids: Tensor | None = None,
     n_sequences: int | None = None,
+    keep_logits_bytes: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Summed log-probs of the tokens where `response_mask` is 1, and their counts, per sequence.
 
     Only positions that predict a response token are projected through the LM head, in chunks
-    of `chunk_size`; with gradients on, each chunk is recomputed in backward (checkpointed) so
+    of `chunk_size`. With gradients on, the chunks' logits are kept for backward while they fit
+    in `keep_logits_bytes`; beyond that every chunk is recomputed in backward (checkpointed), so
     at most one `(chunk_size, V)` block of logits is alive at a time. A padded batch has one
     sequence per row; a packed one gives each token's sequence in `segment_ids` (same shape as
     `input_ids`). The first token of a sequence is never a response token, so no sequence is
@@ -74,9 +76,10 @@ def response_logps(
     n_rows = input_ids.shape[0] if segment_ids is None else int(n_sequences)
     states = hidden[rows, cols]  # (N, H)
     pieces = []
+    recompute = states.shape[0] * lm_head_weight.shape[0] * 4 > keep_logits_bytes  # fp32 logits
     for start in range(0, states.shape[0], chunk_size):
         args = (states[start : start + chunk_size], lm_head_weight, targets[start : start + chunk_size])
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and recompute:
             pieces.append(checkpoint(_token_logps, *args, softcap, use_reentrant=False))
         else:
             pieces.append(_token_logps(*args, softcap))
@@ -99,6 +102,7 @@ class HybridRewardModel(nn.Module):
             nn.init.zeros_(reward_head.bias)
         self.reward_head = reward_head.float()
         self.logprob_chunk_size = 512
+        self.keep_logits_bytes = 512 * 2**20  # response logits kept for backward up to this; beyond, recomputed
 
     @property
     def config(self):
@@ -155,6 +159,7 @@ class HybridRewardModel(nn.Module):
                 softcap=getattr(text_config, "final_logit_softcapping", None),
                 segment_ids=segment_ids if packed else None,
                 n_sequences=last.shape[0],
+                keep_logits_bytes=self.keep_logits_bytes,
             )
         return HybridOutput(rewards=rewards, logps=logps, response_lengths=lengths)
 

@@ -154,6 +154,7 @@ def train(cfg: HafConfig) -> TrainResult:
     backbone, tokenizer, model_path = load_backbone(cfg.model, cfg.cache_dir)
     model = HybridRewardModel(backbone)
     model.logprob_chunk_size = cfg.logprob_chunk_size
+    model.keep_logits_bytes = cfg.logprob_keep_mib * 2**20
     try:
         model.freeze_bottom(cfg.freeze_layers)
     except ValueError as e:
