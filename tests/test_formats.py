@@ -170,6 +170,8 @@ def test_hub_ids_go_through_datasets_and_fail_clearly_offline(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError, match="org/prefs: cannot load Hub dataset: ConnectionError"):
         load_source("org/prefs")
+    with pytest.raises(DataError, match="data/missing.jsonl: no such file"):  # a path, not a Hub id
+        load_source("data/missing.jsonl")
 
 
 def test_skip_mode_counts_every_bad_record_and_raise_mode_names_it(tmp_path):

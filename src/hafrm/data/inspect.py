@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 from collections import Counter
@@ -39,7 +40,7 @@ def inspect_source(
     spec: str, options: DataOptions, tokenizer: Any = None, max_length: int = 512, max_prompt_length: int = 256
 ) -> dict[str, Any]:
     """Everything `hafrm data inspect` prints for one source, as a dict (bad records are counted)."""
-    opts = DataOptions(**{**options.__dict__, "on_error": "skip"})
+    opts = dataclasses.replace(options, on_error="skip")
     pairs, report = load_source(spec, opts)
     keys = [(p.prompt_text(), p.chosen, p.rejected) for p in pairs]
     info: dict[str, Any] = report.to_dict()

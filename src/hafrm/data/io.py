@@ -175,14 +175,17 @@ def _hub_records(spec: str) -> Iterator[tuple[str, Any]]:
 
 def source_name(spec: str) -> str:
     """The tag a source's pairs carry: the file name without suffixes, or the Hub id."""
-    path = Path(spec)
-    return path.name.split(".")[0] if path.suffix or path.exists() else spec
+    return spec if _is_hub_id(spec) else Path(spec).name.split(".")[0]
+
+
+def _is_hub_id(spec: str) -> bool:
+    """'org/name' or 'org/name:split' that is not a local path and has no data-file suffix."""
+    name = spec[:-3] if spec.endswith(".gz") else spec
+    return bool(_HUB_ID.match(spec)) and not Path(spec).exists() and not name.endswith(SUFFIXES)
 
 
 def _records(spec: str) -> Iterator[tuple[str, Any]]:
-    if Path(spec).exists() or not _HUB_ID.match(spec):
-        return iter_records(spec)
-    return _hub_records(spec)
+    return _hub_records(spec) if _is_hub_id(spec) else iter_records(spec)
 
 
 # ---------------------------------------------------------------------------------------- loading
