@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,6 +23,14 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 H = field_help
+
+
+# Options shared by the commands that read data (`train` has its own: its defaults come from HafConfig).
+FormatOption = Annotated[str | None, typer.Option("--format", help=H("data_format"))]
+MapOption = Annotated[list[str] | None, typer.Option("--map", help=H("data_map"))]
+OnErrorOption = Annotated[str, typer.Option(help=H("on_error"))]
+PkuLabelOption = Annotated[str, typer.Option(help=H("pku_label"))]
+PkuFilterOption = Annotated[bool, typer.Option("--pku-safety-filter", help=H("pku_safety_filter"))]
 
 
 def _fail(message: str) -> None:
@@ -99,11 +107,11 @@ def eval_cmd(
     model_dir: Path = typer.Argument(..., help="A folder written by `hafrm train`."),
     data: list[str] = typer.Option(..., help="Pairs to evaluate (any --data source of `train`), or 'builtin'."),
     out: Path | None = typer.Option(None, help="Write the metrics as JSON here."),
-    data_format: str | None = typer.Option(None, "--format", help=H("data_format")),
-    data_map: list[str] | None = typer.Option(None, "--map", help=H("data_map")),
-    on_error: str = typer.Option("raise", help=H("on_error")),
-    pku_label: str = typer.Option("safer", help=H("pku_label")),
-    pku_safety_filter: bool = typer.Option(False, "--pku-safety-filter", help=H("pku_safety_filter")),
+    data_format: FormatOption = None,
+    data_map: MapOption = None,
+    on_error: OnErrorOption = "raise",
+    pku_label: PkuLabelOption = "safer",
+    pku_safety_filter: PkuFilterOption = False,
 ) -> None:
     """Pairwise accuracy of every head of a trained model, overall, per source or skill, per subset."""
     try:
@@ -146,8 +154,10 @@ app.add_typer(data_app, name="data")
 
 
 def _data_options(data_format, data_map, pku_label, pku_safety_filter, on_error="raise"):
-    from hafrm.data.formats import DataOptions, parse_mapping
+    from hafrm.data.formats import PKU_LABELS, DataOptions, parse_mapping
 
+    if pku_label not in PKU_LABELS:
+        raise HafError(f"unknown pku_label {pku_label!r}; accepted: {', '.join(PKU_LABELS)}")
     return DataOptions(
         format=data_format,
         mapping=parse_mapping(data_map or []),
@@ -160,10 +170,10 @@ def _data_options(data_format, data_map, pku_label, pku_safety_filter, on_error=
 @data_app.command("inspect")
 def data_inspect(
     paths: list[str] = typer.Argument(..., help="Files (.jsonl/.json/.parquet/.csv[.gz]) or Hub dataset ids."),
-    data_format: str | None = typer.Option(None, "--format", help=H("data_format")),
-    data_map: list[str] | None = typer.Option(None, "--map", help=H("data_map")),
-    pku_label: str = typer.Option("safer", help=H("pku_label")),
-    pku_safety_filter: bool = typer.Option(False, "--pku-safety-filter", help=H("pku_safety_filter")),
+    data_format: FormatOption = None,
+    data_map: MapOption = None,
+    pku_label: PkuLabelOption = "safer",
+    pku_safety_filter: PkuFilterOption = False,
     model: str | None = typer.Option("smollm2", help="Tokenizer for the token-length figures ('' to skip)."),
     max_length: int = typer.Option(512, help=H("max_length")),
     max_prompt_length: int = typer.Option(256, help=H("max_prompt_length")),
@@ -194,11 +204,11 @@ def data_inspect(
 def data_convert(
     path: str = typer.Argument(..., help="A file or Hub dataset id in any format `data inspect` reads."),
     out: Path = typer.Option(..., "--out", help="Normalised JSONL (prompt as messages, chosen, rejected)."),
-    data_format: str | None = typer.Option(None, "--format", help=H("data_format")),
-    data_map: list[str] | None = typer.Option(None, "--map", help=H("data_map")),
-    on_error: str = typer.Option("raise", help=H("on_error")),
-    pku_label: str = typer.Option("safer", help=H("pku_label")),
-    pku_safety_filter: bool = typer.Option(False, "--pku-safety-filter", help=H("pku_safety_filter")),
+    data_format: FormatOption = None,
+    data_map: MapOption = None,
+    on_error: OnErrorOption = "raise",
+    pku_label: PkuLabelOption = "safer",
+    pku_safety_filter: PkuFilterOption = False,
 ) -> None:
     """Write a source's pairs in hafrm's normalised JSONL, which `--data` reads back unchanged."""
     try:
