@@ -53,6 +53,21 @@ def test_mode_weights(setup, mode, alpha, w_bt, w_pol):
     assert step.loss.item() == pytest.approx((w_bt * bt + w_pol * pol).mean().item(), abs=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("schedule", "progress", "w_pol"),
+    [("constant", 0.5, 0.4), ("warmup", 0.0, 0.0), ("warmup", 0.25, 0.1), ("decay", 0.25, 0.3), ("decay", 1.0, 0.0),
+     ("decay", None, 0.4)],  # None: outside training (eval), the full alpha
+)  # fmt: skip
+def test_alpha_schedule_weights_the_policy_loss(setup, schedule, progress, w_pol):
+    model, batch = setup
+    cfg = HafConfig(mode="hybrid", alpha=0.4, alpha_schedule=schedule)
+    with torch.no_grad():
+        step = HybridObjective(cfg)(model, batch, progress=progress)
+    bt, pol = _by_hand(model, batch, 0.1)
+    assert torch.allclose(step.losses, bt + w_pol * pol, atol=1e-6)
+    assert step.metrics["alpha"] == pytest.approx(w_pol)
+
+
 def test_reward_mode_skips_the_lm_head(setup):
     model, batch = setup
     step = HybridObjective(HafConfig(mode="reward"))(model, batch)

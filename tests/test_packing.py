@@ -48,3 +48,23 @@ def test_packed_equals_padded_losses_and_gradients(arch, attn, pack_length, toke
     assert g_pad.keys() == g_pack.keys()
     for name, g in g_pad.items():
         assert (g_pack[name] - g).abs().max() < 1e-4, name
+
+
+def test_packed_evaluation_equals_padded(tokenizer):
+    from hafrm.evaluate import evaluate_pairs
+
+    model = HybridRewardModel(tiny_backbone("llama", len(tokenizer), seed=2, layers=2))
+    torch.nn.init.normal_(model.reward_head.weight, std=0.5)
+    tok = PairTokenizer(tokenizer, 512, 256).tokenize(make_pairs(7))
+    features = pair_features(tok.pairs, torch.randn(len(tok.pairs), 2) - 20.0)
+    results = {
+        packing: evaluate_pairs(
+            model, HafConfig(packing=packing, pack_length=64, per_device_eval_batch_size=3), tok.pairs, features, 0
+        )
+        for packing in (False, True)
+    }
+    padded, packed = results[False], results[True]
+    assert (packed.reward_chosen - padded.reward_chosen).abs().max() < 1e-4
+    assert (packed.implicit_rejected - padded.implicit_rejected).abs().max() < 1e-4
+    for key in ("reward_head/accuracy", "implicit/accuracy", "loss", "loss/policy"):
+        assert packed.metrics[key] == pytest.approx(padded.metrics[key], abs=1e-4), key

@@ -48,3 +48,13 @@ def test_batching_does_not_change_values(tokenizer):
     one = compute_logps(model, pairs, tokenizer.pad_token_id, batch_size=1)
     many = compute_logps(model, pairs, tokenizer.pad_token_id, batch_size=4)
     assert torch.allclose(one, many, atol=1e-5)
+
+
+def test_packed_pass_equals_padded(tokenizer, tmp_path):
+    model, pairs = _setup(tokenizer, n=6)
+    padded = compute_logps(model, pairs, tokenizer.pad_token_id, batch_size=4)
+    for pack_length in (64, 4096):  # several rows per batch, and one row per batch
+        packed = compute_logps(model, pairs, tokenizer.pad_token_id, batch_size=4, pack_length=pack_length)
+        assert (packed - padded).abs().max() < 1e-4, pack_length
+    cached = reference_logps(model, pairs, tmp_path, tokenizer.pad_token_id, 4, pack_length=64)
+    assert (cached.logps - padded).abs().max() < 1e-4

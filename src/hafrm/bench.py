@@ -176,7 +176,10 @@ def _hafrm_train(spec: BenchSpec, mode: str) -> dict:
     if cfg.needs_policy:
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as cache:  # a cold cache: the pass is really run
-            ref = reference_logps(model, toks, Path(cache), tokenizer.pad_token_id, 16, model_fingerprint(model)).logps
+            pack = cfg.pack_length if spec.packing else None
+            ref = reference_logps(
+                model, toks, Path(cache), tokenizer.pad_token_id, 16, model_fingerprint(model), pack
+            ).logps
         ref_seconds = time.perf_counter() - start
     timer = _StepTimer()
     with tempfile.TemporaryDirectory() as out:

@@ -288,6 +288,36 @@ def bench(
     console.print(f"wrote {out} ({report['seconds']:.0f} s)", highlight=False)
 
 
+@app.command()
+def experiment(
+    config: Path = typer.Option(..., "--config", help="Experiment YAML (see experiments/quick.yaml)."),
+    output_dir: Path = typer.Option(..., help="Where cells, results.json and report.html go; a rerun continues."),
+    report_only: bool = typer.Option(False, "--report-only", help="Only rewrite results and report from the cells."),
+) -> None:
+    """Methods x datasets x seeds under one budget: accuracy in and out of distribution, mixed data,
+    checkpoint selection, calibration, the alpha sweep; writes results.json and report.html."""
+    from hafrm.experiments import load_experiment, run_and_report, write_results
+
+    try:
+        spec = load_experiment(config)
+        if report_only:
+            write_results(spec, output_dir)
+            console.print(f"wrote {output_dir / 'report.html'}", highlight=False)
+            return
+        run, _ = run_and_report(spec, output_dir, log_line=lambda m: console.print(m, highlight=False))
+    except HafError as e:
+        _fail(str(e))
+    console.print(
+        f"{len(run.done)} cells run, {len(run.reused)} reused, {len(run.failed)} failed; "
+        f"wrote {output_dir / 'results.json'} and {output_dir / 'report.html'}",
+        highlight=False,
+    )
+    if run.failed:
+        for cell, why in run.failed.items():
+            console.print(f"  {cell}: {why}", highlight=False)
+        raise typer.Exit(1)
+
+
 @app.command("prepare-model")
 def prepare_model(cache_dir: str | None = typer.Option(None, help=H("cache_dir"))) -> None:
     """Convert the embedded SmolLM2 (GGUF on PyPI) into a cached safetensors folder."""

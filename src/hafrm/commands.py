@@ -10,10 +10,10 @@ from hafrm.data.formats import DataOptions, Notes, RecordError, convert, message
 from hafrm.data.io import iter_records, load_pairs, split_by_prompt
 from hafrm.data.tokenize import PairTokenizer, pair_features
 from hafrm.errors import DataError, HafError
-from hafrm.evaluate import evaluate_pairs
+from hafrm.evaluate import EvalResult, evaluate_pairs
 from hafrm.model import HybridRewardModel
 from hafrm.models import cache_root, load_backbone
-from hafrm.pipeline import builtin_pairs
+from hafrm.pipeline import builtin_pairs, builtin_skills
 from hafrm.reference import reference_logps
 from hafrm.scoring import RewardModel
 
@@ -29,12 +29,20 @@ def _train_config(rm: RewardModel) -> HafConfig:
 
 def evaluate_model_dir(model_dir: Path, data: list[str], options: DataOptions | None = None) -> dict[str, float]:
     """Accuracy of both heads of a saved model on `data` ('builtin' = its held-out split)."""
-    rm = RewardModel.from_pretrained(model_dir)
+    result, dropped = evaluate_model(RewardModel.from_pretrained(model_dir), data, options)
+    metrics = dict(result.metrics)
+    metrics["dropped"] = float(dropped)
+    return metrics
+
+
+def evaluate_model(rm: RewardModel, data: list[str], options: DataOptions | None = None) -> tuple[EvalResult, int]:
+    """Every head of a loaded model on `data`, per pair, and how many pairs tokenisation dropped."""
     cfg = _train_config(rm)
     pairs = []
     for item in data:
-        if item == "builtin":  # the same held-out split the model was evaluated on in training
-            pairs += split_by_prompt(builtin_pairs(cfg), cfg.eval_fraction, cfg.seed)[1]
+        skills = builtin_skills(item)
+        if skills is not None:  # the same held-out split the model was evaluated on in training
+            pairs += split_by_prompt(builtin_pairs(cfg, skills), cfg.eval_fraction, cfg.seed)[1]
         else:
             pairs += load_pairs(item, options)
     tok = PairTokenizer(rm.tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt).tokenize(pairs)
@@ -44,12 +52,15 @@ def evaluate_model_dir(model_dir: Path, data: list[str], options: DataOptions | 
     if cfg.needs_reference:
         base, _, _ = load_backbone(rm.meta["base_model"], cfg.cache_dir)
         ref = reference_logps(
-            HybridRewardModel(base), tok.pairs, cache_root(cfg.cache_dir), rm.tokenizer.pad_token_id
+            HybridRewardModel(base),
+            tok.pairs,
+            cache_root(cfg.cache_dir),
+            rm.tokenizer.pad_token_id,
+            cfg.per_device_eval_batch_size,
+            pack_length=cfg.pack_length if cfg.packing else None,
         ).logps
     result = evaluate_pairs(rm.model, cfg, tok.pairs, pair_features(tok.pairs, ref), rm.tokenizer.pad_token_id)
-    metrics = dict(result.metrics)
-    metrics["dropped"] = float(sum(tok.dropped.values()))
-    return metrics
+    return result, sum(tok.dropped.values())
 
 
 def score_file(model_dir: Path, path: Path, head: str | None, batch_size: int) -> list[dict[str, Any]]:

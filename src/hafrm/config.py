@@ -42,6 +42,17 @@ SELECTION_METRICS: dict[str, bool | None] = {
 }
 
 PRECISIONS = ("auto", "fp32", "bf16")
+ALPHA_SCHEDULES = ("constant", "warmup", "decay")
+
+
+def alpha_factor(schedule: str, progress: float | None) -> float:
+    """The share of alpha applied at `progress` (0 = first step, 1 = last); None = outside training."""
+    if progress is None or schedule == "constant":
+        return 1.0
+    progress = min(max(progress, 0.0), 1.0)
+    return progress if schedule == "warmup" else 1.0 - progress
+
+
 DEFAULT_MODEL = "smollm2"
 
 
@@ -60,6 +71,9 @@ class HafConfig:
     mode: str = _f("hybrid", f"Training mode: {', '.join(MODES)}.")
     loss: str = _f("sigmoid", f"Policy loss: {', '.join(POLICY_LOSSES)}.")
     alpha: float = _f(0.2, "Weight of the policy loss in hybrid mode (>= 0).")
+    alpha_schedule: str = _f(
+        "constant", "How alpha moves over training: constant, warmup (0 up to alpha) or decay (alpha down to 0)."
+    )
     beta: float = _f(0.1, "Policy-loss temperature; implicit reward = beta*(logp - ref).")
     simpo_gamma: float = _f(0.5, "SimPO target margin gamma (loss 'simpo' only).")
     use_margin: bool = _f(False, "Subtract each pair's `margin` field inside the BT loss.")
@@ -67,7 +81,9 @@ class HafConfig:
     freeze_layers: int = _f(6, "Freeze the input embeddings and the bottom N decoder layers (0 = train everything).")
     # data
     data: list[str] = _f(
-        ["builtin"], "Training data: 'builtin', files (.jsonl/.json/.parquet/.csv[.gz]) or Hub ids; repeat to mix."
+        ["builtin"],
+        "Training data: 'builtin' (or 'builtin:SKILL,...'), files (.jsonl/.json/.parquet/.csv, .gz too) "
+        "or Hub ids; repeat to mix.",
     )
     eval_data: list[str] = _f([], "Eval data (as --data); default: a held-out split of --data.")
     data_format: str | None = _f(None, "Format of every data source (default: detected per source).")
@@ -144,6 +160,7 @@ class HafConfig:
         _choice("loss", self.loss, POLICY_LOSSES)
         _choice("select_by", self.select_by, SELECTION_METRICS)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("alpha_schedule", self.alpha_schedule, dict.fromkeys(ALPHA_SCHEDULES))
         if self.alpha < 0:
             raise ConfigError(f"alpha must be >= 0, got {self.alpha}")
         if self.beta <= 0:

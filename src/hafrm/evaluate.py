@@ -42,7 +42,7 @@ def evaluate_pairs(
     model.eval()
     n = len(features)
     order = sorted(range(n), key=lambda i: len(features[i]["chosen_ids"]) + len(features[i]["rejected_ids"]))
-    collate = PairCollator(pad_token_id)
+    collate = PairCollator(pad_token_id, pack_length=cfg.pack_length if cfg.packing else None)
     rw, rl, iw, il = (torch.zeros(n) for _ in range(4))
     rows, weights, have_implicit = [], [], True
     for start in range(0, n, cfg.per_device_eval_batch_size):

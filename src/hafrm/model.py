@@ -41,6 +41,15 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+MODEL_KEYS = ("input_ids", "attention_mask", "response_mask", "position_ids", "seq_ends", "segment_ids")
+
+
+def model_inputs(batch: dict[str, Tensor], with_logps: bool = True) -> dict[str, Tensor]:
+    """The keys of a collated batch (padded or packed) that `HybridRewardModel.forward` takes."""
+    keys = MODEL_KEYS if with_logps else tuple(k for k in MODEL_KEYS if k != "response_mask")
+    return {k: batch[k] for k in keys if k in batch}
+
+
 def _token_logps(hidden: Tensor, weight: Tensor, targets: Tensor, softcap: float | None) -> Tensor:
     logits = F.linear(hidden, weight).float()  # (n, V) for one chunk only
     if softcap:

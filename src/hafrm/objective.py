@@ -7,14 +7,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from hafrm.config import HafConfig
+from hafrm.config import HafConfig, alpha_factor
 from hafrm.losses import (
     PolicyLogps,
     bradley_terry_loss,
     build_policy_loss,
     reward_centering_loss,
 )
-from hafrm.model import HybridRewardModel
+from hafrm.model import HybridRewardModel, model_inputs
 
 
 @dataclass
@@ -54,21 +54,18 @@ class HybridObjective:
         return not self.cfg.needs_reference or "ref_chosen" in batch
 
     def __call__(
-        self, model: HybridRewardModel, batch: dict[str, Tensor], with_policy: bool | None = None
+        self,
+        model: HybridRewardModel,
+        batch: dict[str, Tensor],
+        with_policy: bool | None = None,
+        progress: float | None = None,  # share of training done, for `alpha_schedule`; None: full alpha
     ) -> StepOutput:
         cfg = self.cfg
         if with_policy is None:
             with_policy = cfg.needs_policy
         if with_policy and not self.policy_ready(batch):
             raise ValueError(f"loss {cfg.loss!r} needs reference log-probs but the batch has none")
-        out = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch.get("attention_mask"),  # None: packed rows
-            response_mask=batch["response_mask"] if with_policy else None,
-            position_ids=batch.get("position_ids"),
-            seq_ends=batch.get("seq_ends"),
-            segment_ids=batch.get("segment_ids"),
-        )
+        out = model(**model_inputs(batch, with_logps=with_policy))  # padded or packed rows
         B = out.rewards.shape[0] // 2
         r_w, r_l = out.rewards[:B], out.rewards[B:]  # (B,) each
         margin = batch.get("margin") if cfg.use_margin else None
@@ -90,8 +87,12 @@ class HybridObjective:
                 rejected_len=out.response_lengths[B:],
             )
             pol = self.policy_loss(lp)
-            if cfg.policy_weight > 0:
-                total = total + cfg.policy_weight * pol.losses
+            weight = cfg.policy_weight
+            if cfg.mode_spec.uses_alpha:
+                weight *= alpha_factor(cfg.alpha_schedule, progress)
+                metrics["alpha"] = weight
+            if weight > 0:
+                total = total + weight * pol.losses
             scores.implicit_chosen, scores.implicit_rejected = pol.chosen_rewards, pol.rejected_rewards
             scores.logps_chosen, scores.logps_rejected = lp.chosen.detach(), lp.rejected.detach()
             metrics.update(_policy_metrics(pol.losses, scores))

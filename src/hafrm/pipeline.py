@@ -23,7 +23,7 @@ from hafrm.data.io import LoadReport, load_source, split_by_prompt, summary_line
 from hafrm.data.tokenize import PairCollator, PairTokenizer, TokenizeResult, pair_dataset, pair_features
 from hafrm.data.types import PreferencePair
 from hafrm.errors import ConfigError, DataError
-from hafrm.evaluate import EvalResult
+from hafrm.evaluate import EvalResult, evaluate_pairs
 from hafrm.model import HybridRewardModel
 from hafrm.models import cache_root, load_backbone
 from hafrm.precision import resolve_precision
@@ -44,16 +44,33 @@ class TrainResult:
     precision: str
     seconds: float
     reference_cache_hits: int
+    history: dict[int, EvalResult] = dataclasses.field(default_factory=dict)  # step -> eval at that step
+    extra_eval: dict[str, EvalResult] = dataclasses.field(default_factory=dict)  # train(extra_eval=...)
+    log_history: list[dict[str, float]] = dataclasses.field(default_factory=list)  # the Trainer's logs
 
 
 # An empty system turn: without one, the chat template adds its own (18 tokens for SmolLM2).
 BUILTIN_SYSTEM_PROMPT = ""
 
 
-def builtin_pairs(cfg: HafConfig) -> list[PreferencePair]:
-    """The built-in task as configured, with its short system message."""
+def builtin_skills(item: str) -> tuple[str, ...] | None:
+    """The skills a data item names: 'builtin' = all, 'builtin:arithmetic,facts' = those; None if
+    the item is not the built-in task."""
+    name, _, rest = item.partition(":")
+    if name != "builtin":
+        return None
+    skills = tuple(s.strip() for s in rest.split(",") if s.strip()) if rest else builtin.SKILLS
+    unknown = [s for s in skills if s not in builtin.SKILLS]
+    if unknown or not skills or len(set(skills)) != len(skills):
+        raise DataError(f"{item}: name distinct built-in skills among {', '.join(builtin.SKILLS)} (got {rest!r})")
+    return skills
+
+
+def builtin_pairs(cfg: HafConfig, skills: tuple[str, ...] | None = None) -> list[PreferencePair]:
+    """The built-in task as configured (`cfg.builtin_pairs` pairs of `skills`, default all), with
+    its short system message."""
     system = {"role": "system", "content": BUILTIN_SYSTEM_PROMPT}
-    pairs = builtin.generate_pairs(cfg.builtin_pairs, seed=cfg.seed)
+    pairs = builtin.generate_pairs(cfg.builtin_pairs, seed=cfg.seed, skills=skills)
     return [dataclasses.replace(p, prompt=[system, *p.prompt]) for p in pairs]
 
 
@@ -67,8 +84,9 @@ def load_data(cfg: HafConfig) -> tuple[list[PreferencePair], list[PreferencePair
     reports: list[LoadReport] = []
 
     def read(item: str) -> list[PreferencePair]:
-        if item == "builtin":
-            return builtin_pairs(cfg)
+        skills = builtin_skills(item)
+        if skills is not None:
+            return builtin_pairs(cfg, skills)
         pairs, report = load_source(item, opts)
         reports.append(report)
         log.warning("%s", summary_line(report))
@@ -133,22 +151,30 @@ def _training_args(cfg: HafConfig, n_train: int, bf16: bool) -> TrainingArgument
     )
 
 
-def _references(cfg, model, train_tok, eval_tok, cache, pad_id) -> tuple[Any, Any, int]:
-    """Reference log-probs for train (if the loss needs them) and eval (always, for the implicit head)."""
+def _references(cfg, model, train_tok, eval_toks, cache, pad_id) -> tuple[Any, list[Any], int]:
+    """Reference log-probs for train (if the loss needs them) and every eval set (always, for the
+    implicit head)."""
     if not cfg.needs_reference:
-        return None, None, 0
+        return None, [None] * len(eval_toks), 0
     fingerprint = model_fingerprint(model)
-    hits = 0
-    train_ref = None
-    if cfg.needs_policy:
-        r = reference_logps(model, train_tok.pairs, cache, pad_id, cfg.per_device_eval_batch_size, fingerprint)
-        train_ref, hits = r.logps, hits + r.hit
-    r = reference_logps(model, eval_tok.pairs, cache, pad_id, cfg.per_device_eval_batch_size, fingerprint)
-    return train_ref, r.logps, hits + r.hit
+    pack = cfg.pack_length if cfg.packing else None
+
+    def ref(tok: TokenizeResult):
+        return reference_logps(model, tok.pairs, cache, pad_id, cfg.per_device_eval_batch_size, fingerprint, pack)
+
+    results = ([ref(train_tok)] if cfg.needs_policy else []) + [ref(t) for t in eval_toks]
+    hits = sum(r.hit for r in results)
+    train_ref = results.pop(0).logps if cfg.needs_policy else None
+    return train_ref, [r.logps for r in results], hits
 
 
-def train(cfg: HafConfig) -> TrainResult:
-    """Run one training job as configured and return the held-out metrics."""
+def train(cfg: HafConfig, extra_eval: dict[str, list[PreferencePair]] | None = None, save: bool = True) -> TrainResult:
+    """Run one training job as configured and return the held-out metrics.
+
+    `extra_eval` names more pair sets that the final model is evaluated on (every head, in this
+    process, with reference log-probs taken before training), returned in `TrainResult.extra_eval`.
+    With `save=False` the final model is not written (metrics.json and data.json still are).
+    """
     start = time.time()
     set_seed(cfg.seed)
     backbone, tokenizer, model_path = load_backbone(cfg.model, cfg.cache_dir)
@@ -167,7 +193,12 @@ def train(cfg: HafConfig) -> TrainResult:
         raise DataError(f"no pairs left after tokenisation (dropped: {dropped or 'none'})")
     cache = cache_root(cfg.cache_dir)
     pad_id = tokenizer.pad_token_id
-    train_ref, eval_ref, hits = _references(cfg, model, train_tok, eval_tok, cache, pad_id)
+    extra_tok = {name: encoder.tokenize(pairs) for name, pairs in (extra_eval or {}).items()}
+    for name, tok in extra_tok.items():
+        if not tok.pairs:
+            raise DataError(f"extra eval set {name!r}: no pairs left after tokenisation")
+    train_ref, refs, hits = _references(cfg, model, train_tok, [eval_tok, *extra_tok.values()], cache, pad_id)
+    eval_ref = refs[0]
     precision = resolve_precision(cfg.precision)
     meta = hafrm_meta(cfg, model_path, precision)
     eval_features = pair_features(eval_tok.pairs, eval_ref)
@@ -187,7 +218,12 @@ def train(cfg: HafConfig) -> TrainResult:
     resume = get_last_checkpoint(cfg.output_dir) if cfg.resume and Path(cfg.output_dir).is_dir() else None
     trainer.train(resume_from_checkpoint=resume)
     result = trainer.final_eval()
-    trainer.save_model(cfg.output_dir)
+    if save:
+        trainer.save_model(cfg.output_dir)
+    extra = {
+        name: evaluate_pairs(trainer.model, cfg, tok.pairs, pair_features(tok.pairs, ref), pad_id)
+        for (name, tok), ref in zip(extra_tok.items(), refs[1:], strict=True)
+    }
     metrics = {f"eval/{k}": v for k, v in result.metrics.items()}
     shortcut = shortcut_report(train_pairs, eval_pairs)  # how far surface cues alone get
     metrics["eval/shortcut/length_longer"] = shortcut.length_longer
@@ -198,6 +234,7 @@ def train(cfg: HafConfig) -> TrainResult:
     metrics["train/selected_step"] = float(trainer.selected_step)
     metrics["train/seconds"] = time.time() - start
     out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     data_report = {"sources": [r.to_dict() for r in data_reports], "tokenisation": dropped}
     (out / "data.json").write_text(json.dumps(data_report, indent=2, sort_keys=True) + "\n")
@@ -211,6 +248,9 @@ def train(cfg: HafConfig) -> TrainResult:
         precision,
         time.time() - start,
         hits,
+        history=dict(trainer.eval_history),
+        log_history=list(trainer.state.log_history),
+        extra_eval=extra,
     )
 
 

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hafrm.data.tokenize import PairCollator, TokenizedPair, pair_features
-from hafrm.model import HybridRewardModel
+from hafrm.model import HybridRewardModel, model_inputs
 
 log = logging.getLogger(__name__)
 LOGPROB_VERSION = "1"  # bump when the log-prob computation changes
@@ -50,19 +50,24 @@ def data_fingerprint(pairs: Sequence[TokenizedPair]) -> str:
 
 @torch.no_grad()
 def compute_logps(
-    model: HybridRewardModel, pairs: Sequence[TokenizedPair], pad_token_id: int, batch_size: int = 16
+    model: HybridRewardModel,
+    pairs: Sequence[TokenizedPair],
+    pad_token_id: int,
+    batch_size: int = 16,
+    pack_length: int | None = None,
 ) -> torch.Tensor:
-    """Summed response log-probs for every pair, (N, 2); batches are formed by length."""
+    """Summed response log-probs for every pair, (N, 2); batches are formed by length, and
+    packed into rows of `pack_length` tokens when it is given (padded otherwise)."""
     was_training = model.training
     model.eval()
     features = pair_features(pairs, None)
     order = sorted(range(len(features)), key=lambda i: max(len(pairs[i].chosen_ids), len(pairs[i].rejected_ids)))
-    collate = PairCollator(pad_token_id)
+    collate = PairCollator(pad_token_id, pack_length=pack_length)
     out = torch.zeros(len(features), 2)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = collate([features[i] for i in idx])
-        res = model(batch["input_ids"], batch["attention_mask"], response_mask=batch["response_mask"])
+        res = model(**model_inputs(batch))
         B = len(idx)
         out[idx, 0] = res.logps[:B].float().cpu()
         out[idx, 1] = res.logps[B:].float().cpu()
@@ -77,6 +82,7 @@ def reference_logps(
     pad_token_id: int,
     batch_size: int = 16,
     fingerprint: str | None = None,
+    pack_length: int | None = None,
 ) -> ReferenceResult:
     """Load the cached reference log-probs for (model, data), or compute and cache them."""
     fingerprint = fingerprint or model_fingerprint(model)
@@ -89,7 +95,7 @@ def reference_logps(
         if logps.shape == (len(pairs), 2):
             return ReferenceResult(logps, path, hit=True)
         log.warning("reference cache %s has the wrong shape; recomputing", path)
-    logps = compute_logps(model, pairs, pad_token_id, batch_size)
+    logps = compute_logps(model, pairs, pad_token_id, batch_size, pack_length)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file({"logps": logps.contiguous()}, str(tmp), metadata={"pairs": str(len(pairs))})

@@ -61,7 +61,8 @@ class HafTrainer(Trainer):
         return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        step = self.objective(model, inputs)
+        progress = self.state.global_step / max(1, self.state.max_steps - 1) if model.training else None
+        step = self.objective(model, inputs, progress=progress)
         for k, v in step.metrics.items():
             self._train_metrics[k].append(v)
         return (step.loss, step) if return_outputs else step.loss

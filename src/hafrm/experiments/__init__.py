@@ -1,0 +1,53 @@
+"""`hafrm experiment`: the paper's comparisons (Baseline vs DPO vs HaF, in and out of
+distribution, mixed data, checkpoint selection, calibration, alpha) as one resumable command."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hafrm.experiments.analysis import analyse
+from hafrm.experiments.runner import RunSummary, load_cells, plan_cells, run_experiment
+from hafrm.experiments.spec import ExperimentSpec, load_experiment, parse_experiment
+
+__all__ = [
+    "ExperimentSpec",
+    "load_experiment",
+    "parse_experiment",
+    "plan_cells",
+    "run_and_report",
+    "write_results",
+]
+
+
+def write_results(spec: ExperimentSpec, out: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Analyse the finished cells of `out`; write results.json, the PNGs and report.html."""
+    from hafrm.experiments.report import write_report
+
+    cells = load_cells(out)
+    results = analyse(cells, spec) | (extra or {})
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_report(results, cells, out)
+    return results
+
+
+def run_and_report(
+    spec: ExperimentSpec, out: Path, log_line: Callable[[str], None] = print
+) -> tuple[RunSummary, dict[str, Any]]:
+    """Run every unfinished cell, then write the results and the report (also when cells failed)."""
+    start = time.time()
+    run = run_experiment(spec, out, log_line)
+    planned = len(plan_cells(spec))
+    extra = {
+        "run": {
+            "cells_planned": planned,
+            "cells_run_now": len(run.done),
+            "cells_reused": len(run.reused),
+            "cells_failed": run.failed,
+            "seconds_this_run": time.time() - start,
+        }
+    }
+    return run, write_results(spec, out, extra)

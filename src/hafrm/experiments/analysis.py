@@ -1,0 +1,328 @@
+"""From finished cells to the paper's tables: accuracy in and out of distribution, mixed data,
+external sets in RewardBench's weighting, checkpoint selection, calibration and the alpha sweep.
+
+Every accuracy counts a tie as half right. A "method" here is a row of a table: the spec's
+methods scored by their inference head, plus `hybrid (implicit)` for HaF's policy head.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from hafrm.experiments.runner import HEAD_KEYS
+from hafrm.experiments.spec import MIXED, ExperimentSpec
+
+# RewardBench (allenai/reward-bench, rewardbench/constants.py): subsets per section and the
+# example counts that weight them within a section (math-prm upweighted to equal the code sets).
+REWARDBENCH_SECTIONS = {
+    "Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
+    "Chat Hard": [
+        "mt-bench-hard",
+        "llmbar-natural",
+        "llmbar-adver-neighbor",
+        "llmbar-adver-GPTInst",
+        "llmbar-adver-GPTOut",
+        "llmbar-adver-manual",
+    ],
+    "Safety": [
+        "refusals-dangerous",
+        "refusals-offensive",
+        "xstest-should-refuse",
+        "xstest-should-respond",
+        "donotanswer",
+    ],
+    "Reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
+}
+REWARDBENCH_COUNTS = {
+    "alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28, "mt-bench-med": 40,
+    "mt-bench-hard": 37, "llmbar-natural": 100, "llmbar-adver-neighbor": 134, "llmbar-adver-GPTInst": 92,
+    "llmbar-adver-GPTOut": 47, "llmbar-adver-manual": 46, "refusals-dangerous": 100, "refusals-offensive": 100,
+    "xstest-should-refuse": 154, "xstest-should-respond": 250, "donotanswer": 136, "math-prm": 984,
+    "hep-cpp": 164, "hep-go": 164, "hep-java": 164, "hep-js": 164, "hep-python": 164, "hep-rust": 164,
+}  # fmt: skip
+SELECTION = ("reward", "accuracy", "loss", "margin", "step")
+CALIBRATION_BINS = 10
+
+
+def pair_accuracy(chosen: Sequence[float], rejected: Sequence[float]) -> list[float]:
+    return [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected, strict=True)]
+
+
+def mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def mean_std(xs: Sequence[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation (0 for one value) and the values, over seeds."""
+    xs = [x for x in xs if not math.isnan(x)]
+    std = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return {"mean": mean(xs), "std": std, "n": len(xs), "values": xs}
+
+
+def rows_of(cell: dict[str, Any]) -> list[tuple[str, str]]:
+    """The table rows a cell contributes: (row name, head)."""
+    method = cell["cell"]["method"]
+    rows = [(method, cell["inference_head"])]
+    if cell["mode"] == "hybrid":
+        rows.append((f"{method} (implicit)", "implicit"))
+    return rows
+
+
+def head_accuracy(scores: dict[str, Any], head: str) -> float:
+    c, r = HEAD_KEYS[head]
+    if c not in scores:
+        return float("nan")
+    return mean(pair_accuracy(scores[c], scores[r]))
+
+
+def _by(cells: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [c for c in cells if c["cell"]["kind"] == kind]
+
+
+def accuracy_grid(cells: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """row -> train set -> test set -> accuracies over seeds (main and mixed cells)."""
+    grid: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for cell in _by(cells, "main") + _by(cells, "mixed"):
+        for row, head in rows_of(cell):
+            for test, scores in cell["scores"].items():
+                if not test.startswith("external/"):
+                    grid[row][cell["cell"]["train"]][test].append(head_accuracy(scores, head))
+    return grid
+
+
+def in_distribution(grid, datasets: list[str]) -> dict[str, Any]:
+    """The paper's Table 2: each row trained and tested on each dataset, and the average."""
+    table = {}
+    for row, by_train in grid.items():
+        per = {d: mean_std(by_train[d][d]) for d in datasets if by_train.get(d, {}).get(d)}
+        if not per:
+            continue
+        seeds = min(len(v["values"]) for v in per.values())
+        averages = [mean([per[d]["values"][i] for d in per]) for i in range(seeds)]
+        table[row] = {"datasets": per, "average": mean_std(averages)}
+    return table
+
+
+def out_of_distribution(grid, spec: ExperimentSpec) -> dict[str, Any]:
+    """The paper's Table 3: train on each set, test on every other; averages within subject
+    groups (train and test in the same group), across groups, and over all off-diagonal cells."""
+    names = list(spec.datasets)
+    group = {n: spec.datasets[n].group for n in names}
+    out = {}
+    for row, by_train in grid.items():
+        matrix = {
+            a: {b: mean(by_train[a][b]) for b in names if by_train.get(a, {}).get(b)} for a in names if a in by_train
+        }
+        off = [(a, b) for a in matrix for b in matrix[a] if a != b]
+        within = [matrix[a][b] for a, b in off if group[a] and group[a] == group[b]]
+        across = [matrix[a][b] for a, b in off if not (group[a] and group[a] == group[b])]
+        groups = defaultdict(list)
+        for a, b in off:
+            if group[a] and group[a] == group[b]:
+                groups[group[a]].append(matrix[a][b])
+        out[row] = {
+            "matrix": matrix,
+            "ood_average": mean([matrix[a][b] for a, b in off]),
+            "within_group_average": mean(within),
+            "across_group_average": mean(across),
+            "group_averages": {g: mean(v) for g, v in sorted(groups.items())},
+            "in_distribution_average": mean([matrix[a][a] for a in matrix if a in matrix[a]]),
+        }
+    return out
+
+
+def mixed_vs_single(grid, datasets: list[str]) -> dict[str, Any]:
+    """One model trained on every set together against each set's own model, per test set."""
+    out = {}
+    for row, by_train in grid.items():
+        if MIXED not in by_train:
+            continue
+        out[row] = {
+            d: {"mixed": mean_std(by_train[MIXED][d]), "single": mean_std(by_train.get(d, {}).get(d, []))}
+            for d in datasets
+            if by_train[MIXED].get(d)
+        }
+    return out
+
+
+def rewardbench_sections(per_subset: dict[str, float]) -> dict[str, float]:
+    """RewardBench's section scores (example-count weighted subsets) and their mean, for the
+    sections whose every subset is present."""
+    out = {}
+    for section, subsets in REWARDBENCH_SECTIONS.items():
+        if all(s in per_subset for s in subsets):
+            total = sum(REWARDBENCH_COUNTS[s] for s in subsets)
+            out[section] = sum(per_subset[s] * REWARDBENCH_COUNTS[s] for s in subsets) / total
+    if len(out) == len(REWARDBENCH_SECTIONS):
+        out["Score"] = mean(list(out.values()))
+    return out
+
+
+def external(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per external set and row: accuracy per subset (mean over cells) and RewardBench sections."""
+    acc: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for cell in _by(cells, "main") + _by(cells, "mixed"):
+        for key, scores in cell["scores"].items():
+            if not key.startswith("external/"):
+                continue
+            for row, head in rows_of(cell):
+                c, r = HEAD_KEYS[head]
+                if c not in scores:
+                    continue
+                per_pair = pair_accuracy(scores[c], scores[r])
+                subsets = defaultdict(list)
+                for sub, a in zip(scores["subsets"], per_pair, strict=True):
+                    subsets[sub or "all"].append(a)
+                for sub, values in subsets.items():
+                    acc[key.removeprefix("external/")][f"{row} [{cell['cell']['train']}]"][sub].append(mean(values))
+                acc[key.removeprefix("external/")][f"{row} [{cell['cell']['train']}]"]["(all)"].append(mean(per_pair))
+    out = {}
+    for name, rows in acc.items():
+        out[name] = {}
+        for row, subs in rows.items():
+            per_subset = {s: mean(v) for s, v in subs.items()}
+            out[name][row] = {"subsets": per_subset, "rewardbench": rewardbench_sections(per_subset)}
+    return out
+
+
+def _criterion(scores: dict[str, Any], head: str, idx: list[int], criterion: str) -> float:
+    c, r = HEAD_KEYS[head]
+    cs, rs = [scores[c][i] for i in idx], [scores[r][i] for i in idx]
+    if criterion == "accuracy":
+        return mean(pair_accuracy(cs, rs))
+    if criterion == "reward":
+        return mean(cs)
+    if criterion == "margin":
+        return mean([a - b for a, b in zip(cs, rs, strict=True)])
+    if criterion == "loss":  # minus the mean of -log sigmoid(margin) (BT, or DPO's loss for implicit): higher is better
+        return mean([log_sigmoid(a - b) for a, b in zip(cs, rs, strict=True)])
+    raise ValueError(criterion)
+
+
+def log_sigmoid(x: float) -> float:
+    return -(max(-x, 0.0) + math.log1p(math.exp(-abs(x))))
+
+
+def checkpoint_selection(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which checkpoint each criterion picks, and the accuracy it gets, without peeking: the
+    in-distribution test pairs are halved (even / odd index), the step is chosen on one half and
+    scored on the other, both ways, and the two are averaged. `oracle` picks on the scored half."""
+    rows: dict = defaultdict(lambda: defaultdict(list))
+    for cell in _by(cells, "main"):
+        train = cell["cell"]["train"]
+        steps = [h for h in cell["history"] if train in h["scores"]]
+        if len(steps) < 2:
+            continue
+        for row, head in rows_of(cell):
+            if HEAD_KEYS[head][0] not in steps[0]["scores"][train]:
+                continue
+            n = len(steps[0]["scores"][train]["subsets"])
+            halves = [list(range(0, n, 2)), list(range(1, n, 2))]
+            for criterion in (*SELECTION, "oracle"):
+                got = []
+                for pick, score in (halves, halves[::-1]):
+                    if criterion == "step":
+                        best = steps[-1]
+                    else:
+                        on = score if criterion == "oracle" else pick
+                        crit = "accuracy" if criterion == "oracle" else criterion
+                        best = max(
+                            steps, key=lambda h, on=on, crit=crit: _criterion(h["scores"][train], head, on, crit)
+                        )
+                    got.append(_criterion(best["scores"][train], head, score, "accuracy"))
+                rows[row][criterion].append(mean(got))
+    return {row: {k: mean_std(v) for k, v in crits.items()} for row, crits in rows.items()}
+
+
+def calibration(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Expected calibration error of sigmoid(r_w - r_l), per row, over in-distribution test pairs
+    of the final models: confidence max(p, 1 - p), correct when p > 0.5, 10 equal-width bins."""
+    pooled: dict = defaultdict(list)
+    for cell in _by(cells, "main"):
+        scores = cell["scores"].get(cell["cell"]["train"])
+        if not scores:
+            continue
+        for row, head in rows_of(cell):
+            c, r = HEAD_KEYS[head]
+            if c in scores:
+                pooled[row] += [a - b for a, b in zip(scores[c], scores[r], strict=True)]
+    out = {}
+    for row, margins in pooled.items():
+        bins: list[list[tuple[float, float]]] = [[] for _ in range(CALIBRATION_BINS)]
+        for m in margins:
+            p = 1 / (1 + math.exp(-max(min(m, 50), -50)))
+            conf = max(p, 1 - p)
+            correct = 1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0
+            bins[min(int((conf - 0.5) * 2 * CALIBRATION_BINS), CALIBRATION_BINS - 1)].append((conf, correct))
+        table = [
+            {"confidence": mean([x for x, _ in b]), "accuracy": mean([y for _, y in b]), "pairs": len(b)}
+            for b in bins
+            if b
+        ]
+        ece = sum(t["pairs"] * abs(t["accuracy"] - t["confidence"]) for t in table) / len(margins)
+        out[row] = {"ece": ece, "bins": table, "pairs": len(margins)}
+    return out
+
+
+def alpha_sweep(cells: list[dict[str, Any]], spec: ExperimentSpec) -> dict[str, Any]:
+    """Accuracy of both heads against alpha on the sweep dataset (the main hybrid cell included)."""
+    sweep = spec.alpha_sweep
+    if sweep is None:
+        return {}
+    seeds = set(sweep.seeds or spec.seeds)
+    by_alpha: dict = defaultdict(lambda: defaultdict(list))
+    by_schedule: dict = defaultdict(lambda: defaultdict(list))
+    for cell in cells:
+        info = cell["cell"]
+        if info["train"] != sweep.dataset or cell["mode"] != "hybrid" or info["seed"] not in seeds:
+            continue
+        if info["kind"] == "main" and info["method"] != "hybrid":
+            continue
+        scores = cell["scores"][sweep.dataset]
+        schedule = cell.get("alpha_schedule", "constant")
+        for head in ("reward", "implicit"):
+            if schedule == "constant":
+                by_alpha[cell["alpha"]][head].append(head_accuracy(scores, head))
+            if schedule != "constant" or info["kind"] == "main":
+                by_schedule[f"{schedule} (alpha {cell['alpha']:g})"][head].append(head_accuracy(scores, head))
+    return {
+        "dataset": sweep.dataset,
+        "alphas": {f"{a:g}": {h: mean_std(v) for h, v in heads.items()} for a, heads in sorted(by_alpha.items())},
+        "schedules": {s: {h: mean_std(v) for h, v in heads.items()} for s, heads in by_schedule.items()},
+    }
+
+
+def budgets(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "cell": c["cell"]["id"],
+            "train_pairs": c["train_pairs"],
+            "steps": c["steps"],
+            "seconds": round(c["seconds"], 1),
+            "precision": c["precision"],
+        }
+        for c in cells
+    ]
+
+
+def analyse(cells: list[dict[str, Any]], spec: ExperimentSpec) -> dict[str, Any]:
+    datasets = list(spec.datasets)
+    grid = accuracy_grid(cells)
+    return {
+        "experiment": spec.name,
+        "datasets": {n: {"group": d.group, "data": d.data} for n, d in spec.datasets.items()},
+        "seeds": spec.seeds,
+        "cells_finished": len(cells),
+        "in_distribution": in_distribution(grid, datasets),
+        "out_of_distribution": out_of_distribution(grid, spec),
+        "mixed": mixed_vs_single(grid, datasets),
+        "external": external(cells),
+        "checkpoint_selection": checkpoint_selection(cells),
+        "calibration": calibration(cells),
+        "alpha_sweep": alpha_sweep(cells, spec),
+        "budgets": budgets(cells),
+    }

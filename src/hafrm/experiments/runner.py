@@ -1,0 +1,300 @@
+"""Run an experiment's cells (method x training data x seed), keeping every finished cell.
+
+Layout of the output folder:
+
+    data/<dataset>.train.jsonl, .test.jsonl   the split, written once (normalised records)
+    data/datasets.json                        what was read, kept, dropped and split, per dataset
+    cells/<cell>/cell.json                    a finished cell: config, budget, every head's scores
+    results.json, report.html, *.png          the analysis of the finished cells
+
+A rerun of the same command skips every cell whose `cell.json` matches its config and data, and
+runs the rest; a cell that fails is written to `cells/<cell>/error.txt` and the others go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hafrm.config import MODES, HafConfig
+from hafrm.data.inspect import pair_record
+from hafrm.data.io import cap, load_source, split_by_prompt
+from hafrm.data.types import PreferencePair
+from hafrm.errors import DataError, HafError
+from hafrm.evaluate import EvalResult
+from hafrm.experiments.spec import MIXED, DatasetSpec, ExperimentSpec
+
+log = logging.getLogger(__name__)
+HEAD_KEYS = {"reward": ("reward_chosen", "reward_rejected"), "implicit": ("implicit_chosen", "implicit_rejected")}
+
+
+@dataclass
+class Cell:
+    method: str  # a key of spec.methods, or "hybrid@alpha=..." for the alpha sweep
+    train: str  # a dataset name, or "mixed"
+    seed: int
+    overrides: dict[str, Any] = field(default_factory=dict)  # on top of the method's fields
+    kind: str = "main"  # main | mixed | sweep
+    base_method: str = ""  # the spec method whose fields it starts from
+
+    @property
+    def id(self) -> str:
+        return f"{self.method}--{self.train}--s{self.seed}"
+
+
+def plan_cells(spec: ExperimentSpec) -> list[Cell]:
+    """Every cell of the experiment, in the order they run (seed-major: the first seed of every
+    method and dataset comes first, so an interrupted run already holds a complete grid)."""
+    cells = []
+    for seed in spec.seeds:
+        for ds in spec.datasets:
+            cells += [Cell(m, ds, seed, base_method=m) for m in spec.methods]
+        if spec.mixed and len(spec.datasets) > 1:
+            cells += [Cell(m, MIXED, seed, kind="mixed", base_method=m) for m in spec.methods]
+    sweep = spec.alpha_sweep
+    if sweep is not None:
+        base = "hybrid" if "hybrid" in spec.methods else None
+        base_alpha = spec.cell_config(base, 0).alpha if base else None
+        for seed in sweep.seeds or spec.seeds:
+            for alpha in sweep.alphas:
+                if base and alpha == base_alpha and seed in spec.seeds:
+                    continue  # that cell is the main hybrid cell; the analysis reads it from there
+                name = f"hybrid@alpha={alpha:g}"
+                cells.append(Cell(name, sweep.dataset, seed, {"mode": "hybrid", "alpha": alpha}, "sweep", base or ""))
+            for schedule in sweep.schedules:
+                name = f"hybrid@schedule={schedule}"
+                overrides = {"mode": "hybrid", "alpha_schedule": schedule}
+                cells.append(Cell(name, sweep.dataset, seed, overrides, "sweep", base or ""))
+    return cells
+
+
+# data -----------------------------------------------------------------------------------------
+def _read_dataset(ds: DatasetSpec, spec: ExperimentSpec) -> tuple[list[PreferencePair], list[dict[str, Any]]]:
+    from hafrm.pipeline import builtin_pairs, builtin_skills
+
+    cfg = HafConfig.from_dict(
+        {**ds.options, "max_pairs_per_source": ds.max_pairs, "seed": spec.split_seed},
+        source=f"{spec.source}: dataset {ds.name!r}",
+    )
+    pairs, reports = [], []
+    for item in ds.data:
+        skills = builtin_skills(item)
+        if skills is not None:
+            got = builtin_pairs(dataclasses.replace(cfg, builtin_pairs=ds.max_pairs or cfg.builtin_pairs), skills)
+            reports.append({"source": item, "kept": len(got)})
+        else:
+            got, report = load_source(item, cfg.data_options())
+            reports.append(report.to_dict())
+        pairs += got
+    if not pairs:
+        raise DataError(f"{spec.source}: dataset {ds.name!r} has no pairs")
+    return pairs, reports
+
+
+def _record(pair: PreferencePair, dataset: str) -> dict[str, Any]:
+    """The normalised record, with the dataset as its source (metrics are per source) and a
+    built-in skill kept as the subset."""
+    meta = dict(pair.meta)
+    if "skill" in meta:
+        meta.setdefault("subset", meta.pop("skill"))
+    return pair_record(dataclasses.replace(pair, source=dataset, meta=meta))
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def prepare_data(spec: ExperimentSpec, out: Path) -> dict[str, dict[str, Any]]:
+    """Split every dataset by prompt and write the splits; returns the per-dataset summary."""
+    data_dir = out / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for name, ds in spec.datasets.items():
+        pairs, reports = _read_dataset(ds, spec)
+        train, test = split_by_prompt(pairs, spec.test_fraction, spec.split_seed)
+        split = {"train": len(train), "test": len(test)}
+        if spec.max_train_pairs and len(train) > spec.max_train_pairs:
+            train = cap(train, spec.max_train_pairs, spec.split_seed)
+        if spec.max_test_pairs and len(test) > spec.max_test_pairs:
+            test = cap(test, spec.max_test_pairs, spec.split_seed)
+        if not train or not test:
+            raise DataError(f"{spec.source}: dataset {name!r}: {len(pairs)} pairs are too few to split")
+        _write_jsonl(data_dir / f"{name}.train.jsonl", [_record(p, name) for p in train])
+        _write_jsonl(data_dir / f"{name}.test.jsonl", [_record(p, name) for p in test])
+        mixed = train
+        if spec.mixed_max_pairs_per_source and len(train) > spec.mixed_max_pairs_per_source:
+            mixed = cap(train, spec.mixed_max_pairs_per_source, spec.split_seed)
+        _write_jsonl(data_dir / f"{name}.mixed.jsonl", [_record(p, name) for p in mixed])
+        summary[name] = {
+            "group": ds.group,
+            "sources": reports,
+            "pairs_read": len(pairs),
+            "split": split,
+            "train_pairs": len(train),
+            "test_pairs": len(test),
+            "mixed_train_pairs": len(mixed),
+        }
+    (data_dir / "datasets.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _file_hash(paths: list[Path]) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    for p in paths:
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+# cells ----------------------------------------------------------------------------------------
+def _cell_config(spec: ExperimentSpec, cell: Cell, **values: Any) -> HafConfig:
+    fields = {**spec.methods.get(cell.base_method, {}), **cell.overrides}
+    return HafConfig.from_dict(
+        {**spec.train, **fields, "seed": cell.seed, **values}, source=f"{spec.source}: cell {cell.id}"
+    )
+
+
+def _cell_setup(spec: ExperimentSpec, cell: Cell, out: Path) -> tuple[HafConfig, list[str], str]:
+    data_dir = out / "data"
+    names = list(spec.datasets) if cell.train == MIXED else [cell.train]
+    train_files = [data_dir / f"{n}.{'mixed' if cell.train == MIXED else 'train'}.jsonl" for n in names]
+    own_tests = [data_dir / f"{n}.test.jsonl" for n in names]
+    n_train = sum(sum(1 for _ in f.open()) for f in train_files)
+    cfg0 = _cell_config(spec, cell)
+    per_step = cfg0.per_device_train_batch_size * cfg0.gradient_accumulation_steps
+    steps = cfg0.max_steps if cfg0.max_steps > 0 else max(1, int(math.ceil(n_train / per_step) * cfg0.num_train_epochs))
+    cfg = _cell_config(
+        spec,
+        cell,
+        data=[str(f) for f in train_files],
+        eval_data=[str(f) for f in own_tests],
+        output_dir=str(out / "cells" / cell.id / "model"),
+        select_by="step",  # identical budgets: every cell ends at its last step
+        eval_steps=max(1, math.ceil(steps / spec.evals_per_run)),
+        save_steps=10**9,  # no intermediate checkpoints: a cell is the unit that resumes
+        logging_steps=spec.train.get("logging_steps", max(1, steps // 20)),  # enough points for a curve
+    )
+    other_tests = [str(data_dir / f"{n}.test.jsonl") for n in spec.datasets if n not in names]
+    config = cfg.to_dict()
+    config.pop("output_dir")
+    tests = [data_dir / f"{n}.test.jsonl" for n in spec.datasets]
+    seen = json.dumps(config, sort_keys=True) + _file_hash(train_files + tests) + json.dumps(spec.external)
+    fingerprint = hashlib.blake2b(seen.encode(), digest_size=12).hexdigest()
+    return cfg, other_tests, fingerprint
+
+
+def _scores(result: EvalResult, dataset_of: Callable[[int], str]) -> dict[str, dict[str, Any]]:
+    """Per dataset: every head's chosen/rejected scores and each pair's subset."""
+    out: dict[str, dict[str, Any]] = {}
+    for i in range(len(result.tags)):
+        d = out.setdefault(dataset_of(i), {"subsets": []})
+        d["subsets"].append(result.subsets[i] if result.subsets else "")
+        for c, r in HEAD_KEYS.values():
+            values = getattr(result, c), getattr(result, r)
+            if values[0] is not None:
+                d.setdefault(c, []).append(round(float(values[0][i]), 6))
+                d.setdefault(r, []).append(round(float(values[1][i]), 6))
+    return out
+
+
+def run_cell(spec: ExperimentSpec, cell: Cell, out: Path, cfg: HafConfig, other_tests: list[str]) -> dict[str, Any]:
+    """Train one cell; evaluate its final model on every test split and external set, in process."""
+    from hafrm.data.formats import DataOptions
+    from hafrm.data.io import load_pairs
+    from hafrm.pipeline import train
+
+    start = time.time()
+    extra = {Path(p).name: load_pairs(p, DataOptions(format="trl")) for p in other_tests}
+    extra |= {f"external/{n}": load_pairs(p, DataOptions(on_error="skip")) for n, p in spec.external.items()}
+    result = train(cfg, extra_eval=extra, save=spec.keep_models)
+    scores = _scores(result.eval_result, lambda i: result.eval_result.tags[i])
+    for name, ev in result.extra_eval.items():
+        if name.startswith("external/"):
+            scores[name] = _scores(ev, lambda i: "all")["all"]
+        else:
+            scores |= _scores(ev, lambda i, ev=ev: ev.tags[i])
+    history = [
+        {"step": step, "scores": _scores(ev, lambda i, ev=ev: ev.tags[i])}
+        for step, ev in sorted(result.history.items())
+    ]
+    train_logs = [
+        {k: v for k, v in row.items() if k in ("step", "loss", "loss/bt", "loss/policy", "rewards/accuracies")}
+        for row in result.log_history
+        if "loss" in row and "train_runtime" not in row
+    ]
+    return {
+        "cell": dataclasses.asdict(cell) | {"id": cell.id},
+        "mode": cfg.mode,
+        "inference_head": MODES[cfg.mode].inference_head,
+        "alpha": cfg.alpha,
+        "alpha_schedule": cfg.alpha_schedule,
+        "train_pairs": result.train_pairs,
+        "steps": int(result.metrics["train/steps"]),
+        "seconds": time.time() - start,
+        "train_seconds": result.seconds,
+        "precision": result.precision,
+        "dropped": result.dropped,
+        "scores": scores,
+        "history": history,
+        "train_logs": train_logs,
+    }
+
+
+@dataclass
+class RunSummary:
+    done: list[str] = field(default_factory=list)  # ran now
+    reused: list[str] = field(default_factory=list)  # finished before, same config and data
+    failed: dict[str, str] = field(default_factory=dict)  # cell id -> error line
+
+
+def run_experiment(spec: ExperimentSpec, out: Path, log_line: Callable[[str], None] = print) -> RunSummary:
+    """Run every unfinished cell; finished ones (same config and data) are kept."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary = prepare_data(spec, out)
+    for name, s in summary.items():
+        log_line(f"data {name}: {s['pairs_read']} pairs read, {s['train_pairs']} train / {s['test_pairs']} test")
+    cells = plan_cells(spec)
+    run = RunSummary()
+    for n, cell in enumerate(cells, 1):
+        cfg, other_tests, fingerprint = _cell_setup(spec, cell, out)
+        cell_dir = out / "cells" / cell.id
+        done = cell_dir / "cell.json"
+        if done.is_file() and json.loads(done.read_text()).get("fingerprint") == fingerprint:
+            run.reused.append(cell.id)
+            continue
+        shutil.rmtree(cell_dir, ignore_errors=True)
+        cell_dir.mkdir(parents=True)
+        log_line(f"[{n}/{len(cells)}] {cell.id}")
+        try:
+            record = run_cell(spec, cell, out, cfg, other_tests)
+        except (HafError, RuntimeError, ValueError, OSError) as e:
+            (cell_dir / "error.txt").write_text(traceback.format_exc())
+            run.failed[cell.id] = f"{type(e).__name__}: {e}".splitlines()[0]
+            log_line(f"  failed: {run.failed[cell.id]}")
+            continue
+        record["fingerprint"] = fingerprint
+        record["config"] = cfg.to_dict()
+        tmp = done.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record) + "\n")
+        tmp.replace(done)  # atomic: a killed run never leaves a half-written cell
+        run.done.append(cell.id)
+        log_line(f"  {record['train_pairs']} pairs, {record['steps']} steps, {record['seconds']:.0f} s")
+    return run
+
+
+def load_cells(out: Path) -> list[dict[str, Any]]:
+    """Every finished cell in an experiment folder."""
+    return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*/cell.json"))]

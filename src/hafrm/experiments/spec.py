@@ -1,0 +1,205 @@
+"""An experiment: methods x datasets x seeds under one budget, read from YAML.
+
+```yaml
+name: quick
+seeds: [0, 1]
+train: {max_steps: 12, freeze_layers: 20}      # HafConfig fields shared by every cell
+methods: [reward, dpo, hybrid]                  # or {name: {HafConfig overrides}}
+datasets:
+  arithmetic: {data: "builtin:arithmetic", group: reasoning}
+  helpful: {data: ../shared/data/hh-helpful-base-test.jsonl.gz, group: chat, on_error: skip}
+max_train_pairs: 200                            # per dataset, after the split
+mixed: true                                     # also train on every dataset together,
+mixed_max_pairs_per_source: 100                 #   capped per dataset
+alpha_sweep: {dataset: arithmetic, alphas: [0, 0.05, 0.1, 0.2, 0.5, 1], schedules: [decay]}
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hafrm.config import ALPHA_SCHEDULES, MODES, HafConfig
+from hafrm.errors import ConfigError
+
+# HafConfig fields a cell sets itself: every cell reads its split files and keeps its last step.
+CELL_FIELDS = ("data", "eval_data", "seed", "output_dir", "select_by", "eval_steps", "save_steps", "resume")
+# Per-dataset read options (HafConfig's data fields).
+DATA_OPTIONS = ("data_format", "data_map", "on_error", "pku_label", "pku_safety_filter")
+MIXED = "mixed"
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    data: list[str]  # sources, as `hafrm train --data`
+    group: str = ""  # subject group for the OOD averages (e.g. chat, safety)
+    options: dict[str, Any] = field(default_factory=dict)  # data_format, on_error, ...
+    max_pairs: int | None = None  # cap on the pairs read, before the split (a seeded sample)
+
+
+@dataclass
+class AlphaSweep:
+    dataset: str
+    alphas: list[float]
+    seeds: list[int] | None = None  # default: the experiment's seeds
+    schedules: list[str] = field(default_factory=list)  # alpha schedules tried against the constant one
+
+
+@dataclass
+class ExperimentSpec:
+    name: str
+    datasets: dict[str, DatasetSpec]
+    methods: dict[str, dict[str, Any]]  # method name -> HafConfig overrides
+    seeds: list[int] = field(default_factory=lambda: [0])
+    train: dict[str, Any] = field(default_factory=dict)
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    max_train_pairs: int | None = None
+    max_test_pairs: int | None = None
+    mixed: bool = False
+    mixed_max_pairs_per_source: int | None = None  # cap per dataset in the mixed cells (default: none)
+    external: dict[str, str] = field(default_factory=dict)  # name -> RewardBench-format file
+    alpha_sweep: AlphaSweep | None = None
+    evals_per_run: int = 4
+    keep_models: bool = False
+    source: str = "experiment"
+
+    def cell_config(self, method: str, seed: int, **cell: Any) -> HafConfig:
+        """The HafConfig of one cell: shared `train` fields, the method's, then the cell's own."""
+        values = {**self.train, **self.methods[method], "seed": seed, **cell}
+        where = f"{self.source}: method {method!r}"
+        try:
+            return HafConfig.from_dict(values, source=where)
+        except ConfigError as e:
+            raise ConfigError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+
+
+DEFAULT_METHODS = {name: {"mode": name} for name in ("reward", "dpo", "hybrid")}
+_TOP = {f.name for f in dataclasses.fields(ExperimentSpec)} - {"source"}
+
+
+def _fail(where: str, msg: str) -> ConfigError:
+    return ConfigError(f"{where}: {msg}")
+
+
+def _methods(raw: Any, where: str) -> dict[str, dict[str, Any]]:
+    if raw is None:
+        return dict(DEFAULT_METHODS)
+    if isinstance(raw, list):
+        unknown = [m for m in raw if m not in MODES]
+        if unknown:
+            raise _fail(where, f"methods: {unknown} are not modes ({', '.join(MODES)}); use a mapping for variants")
+        return {m: {"mode": m} for m in raw}
+    if isinstance(raw, dict) and raw:
+        out = {}
+        for name, overrides in raw.items():
+            overrides = dict(overrides or {})
+            overrides.setdefault("mode", name if name in MODES else "hybrid")
+            bad = [k for k in overrides if k in CELL_FIELDS]
+            if bad:
+                raise _fail(where, f"method {name!r} sets {bad}, which every cell sets itself")
+            out[str(name)] = overrides
+        return out
+    raise _fail(where, "methods must be a list of modes or a mapping name -> HafConfig fields")
+
+
+def _datasets(raw: Any, where: str) -> dict[str, DatasetSpec]:
+    if not isinstance(raw, dict) or not raw:
+        raise _fail(where, "datasets must be a non-empty mapping name -> {data: ..., group: ...}")
+    out = {}
+    for name, body in raw.items():
+        if name == MIXED:
+            raise _fail(where, f"dataset name {MIXED!r} is reserved for the mixed-data cells")
+        body = {"data": body} if isinstance(body, str | list) else dict(body or {})
+        data = body.pop("data", None)
+        if not data:
+            raise _fail(where, f"dataset {name!r} has no data")
+        group = str(body.pop("group", ""))
+        max_pairs = body.pop("max_pairs", None)
+        unknown = [k for k in body if k not in DATA_OPTIONS]
+        if unknown:
+            raise _fail(
+                where,
+                f"dataset {name!r}: unknown field(s) {unknown}; accepted: data, group, max_pairs, "
+                f"{', '.join(DATA_OPTIONS)}",
+            )
+        out[str(name)] = DatasetSpec(str(name), [data] if isinstance(data, str) else list(data), group, body, max_pairs)
+    return out
+
+
+def parse_experiment(values: dict[str, Any], source: str = "experiment") -> ExperimentSpec:
+    """Check an experiment mapping and build its spec; every error names the file and the field."""
+    if not isinstance(values, dict):
+        raise _fail(source, "an experiment file holds a mapping")
+    unknown = sorted(set(values) - _TOP)
+    if unknown:
+        raise _fail(source, f"unknown field(s) {unknown}; accepted: {sorted(_TOP)}")
+    v = dict(values)
+    spec = ExperimentSpec(
+        name=str(v.pop("name", Path(source).stem)),
+        datasets=_datasets(v.pop("datasets", None), source),
+        methods=_methods(v.pop("methods", None), source),
+        source=source,
+    )
+    sweep = v.pop("alpha_sweep", None)
+    for key, value in v.items():
+        setattr(spec, key, value)
+    if sweep is not None:
+        if not isinstance(sweep, dict) or "dataset" not in sweep or "alphas" not in sweep:
+            raise _fail(source, "alpha_sweep needs dataset and alphas")
+        unknown = sorted(set(sweep) - {"dataset", "alphas", "seeds", "schedules"})
+        if unknown:
+            raise _fail(source, f"alpha_sweep: unknown field(s) {unknown}; accepted: dataset, alphas, seeds, schedules")
+        spec.alpha_sweep = AlphaSweep(
+            str(sweep["dataset"]),
+            [float(a) for a in sweep["alphas"]],
+            sweep.get("seeds"),
+            list(sweep.get("schedules", [])),
+        )
+        bad = [s for s in spec.alpha_sweep.schedules if s not in ALPHA_SCHEDULES]
+        if bad:
+            raise _fail(source, f"alpha_sweep.schedules: {bad} unknown; accepted: {', '.join(ALPHA_SCHEDULES)}")
+        if spec.alpha_sweep.dataset not in spec.datasets:
+            raise _fail(source, f"alpha_sweep.dataset {spec.alpha_sweep.dataset!r} is not among the datasets")
+    _validate(spec)
+    return spec
+
+
+def _validate(spec: ExperimentSpec) -> None:
+    where = spec.source
+    if not spec.seeds or not all(isinstance(s, int) for s in spec.seeds):
+        raise _fail(where, f"seeds must be a non-empty list of integers, got {spec.seeds!r}")
+    if not isinstance(spec.train, dict):
+        raise _fail(where, "train must be a mapping of HafConfig fields")
+    bad = [k for k in spec.train if k in CELL_FIELDS]
+    if bad:
+        raise _fail(where, f"train sets {bad}, which every cell sets itself")
+    if not 0 < spec.test_fraction < 1:
+        raise _fail(where, f"test_fraction must be in (0, 1), got {spec.test_fraction}")
+    for key in ("max_train_pairs", "max_test_pairs", "mixed_max_pairs_per_source"):
+        value = getattr(spec, key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise _fail(where, f"{key} must be a positive integer, got {value!r}")
+    if not isinstance(spec.evals_per_run, int) or spec.evals_per_run < 1:
+        raise _fail(where, f"evals_per_run must be >= 1, got {spec.evals_per_run!r}")
+    if not isinstance(spec.external, dict):
+        raise _fail(where, "external must be a mapping name -> RewardBench-format file")
+    for method in spec.methods:  # every method's config must build (bad mode, alpha < 0, ...)
+        spec.cell_config(method, spec.seeds[0])
+
+
+def load_experiment(path: str | Path) -> ExperimentSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such experiment file")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return parse_experiment(values or {}, source=str(path))

@@ -1,0 +1,222 @@
+"""`hafrm experiment`: the spec, the cells, resuming, and the analysis (hand-worked values)."""
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from hafrm.cli import app
+from hafrm.errors import ConfigError
+from hafrm.experiments import parse_experiment, plan_cells
+from hafrm.experiments.analysis import (
+    REWARDBENCH_SECTIONS,
+    accuracy_grid,
+    calibration,
+    checkpoint_selection,
+    in_distribution,
+    out_of_distribution,
+    rewardbench_sections,
+)
+
+runner = CliRunner()
+
+
+def _spec(**extra):
+    values = {
+        "name": "t",
+        "datasets": {
+            "arith": {"data": "builtin:arithmetic", "group": "reasoning"},
+            "facts": {"data": "builtin:facts", "group": "reasoning"},
+            "format": {"data": "builtin:format", "group": "style"},
+        },
+        "seeds": [0, 1],
+    }
+    return parse_experiment(values | extra, source="exp.yaml")
+
+
+def test_plan_is_methods_by_datasets_by_seeds_plus_mixed_and_sweep():
+    spec = _spec(mixed=True, alpha_sweep={"dataset": "arith", "alphas": [0, 0.2, 1], "schedules": ["decay"]})
+    cells = plan_cells(spec)
+    ids = [c.id for c in cells]
+    assert len(ids) == len(set(ids))
+    main = [c for c in cells if c.kind == "main"]
+    assert len(main) == 3 * 3 * 2  # methods x datasets x seeds
+    assert len([c for c in cells if c.kind == "mixed"]) == 3 * 2
+    sweep = [c for c in cells if c.kind == "sweep"]
+    # alpha 0.2 is the main hybrid cell's: not run twice
+    assert sorted({c.method for c in sweep}) == ["hybrid@alpha=0", "hybrid@alpha=1", "hybrid@schedule=decay"]
+    assert len(sweep) == 3 * 2 and all(c.train == "arith" for c in sweep)
+    assert ids[:9] == [f"{m}--{d}--s0" for d in ("arith", "facts", "format") for m in ("reward", "dpo", "hybrid")]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"methods": ["reward", "ppo"]}, "methods: ['ppo'] are not modes"),
+        ({"methods": {"haf": {"alpha": -1}}}, "alpha must be >= 0"),
+        ({"methods": {"haf": {"seed": 3}}}, "sets ['seed'], which every cell sets itself"),
+        ({"seeds": []}, "seeds must be a non-empty list"),
+        ({"colour": "red"}, "unknown field(s) ['colour']"),
+        ({"datasets": {"a": {"group": "x"}}}, "dataset 'a' has no data"),
+        ({"datasets": {"a": {"data": "x.jsonl", "formt": "hh"}}}, "unknown field(s) ['formt']"),
+        ({"alpha_sweep": {"dataset": "nope", "alphas": [0]}}, "'nope' is not among the datasets"),
+        ({"alpha_sweep": {"dataset": "arith", "alphas": [0], "schedules": ["zigzag"]}}, "['zigzag'] unknown"),
+        ({"train": {"loss": "banana"}}, "loss"),
+    ],
+)
+def test_bad_spec_names_the_file_and_field(extra, message):
+    with pytest.raises(ConfigError) as e:
+        _spec(**extra)
+    assert message in str(e.value) and "exp.yaml" in str(e.value)
+
+
+def _cell(method, mode, train, seed, scores, history=(), kind="main"):
+    return {
+        "cell": {"method": method, "train": train, "seed": seed, "kind": kind, "id": f"{method}--{train}--s{seed}"},
+        "mode": mode,
+        "inference_head": "implicit" if mode == "dpo" else "reward",
+        "alpha": 0.2,
+        "scores": scores,
+        "history": list(history),
+        "train_logs": [],
+        "train_pairs": 10,
+        "steps": 2,
+        "seconds": 1.0,
+        "precision": "fp32",
+    }
+
+
+def _s(chosen, rejected, implicit=None):
+    d = {"reward_chosen": chosen, "reward_rejected": rejected, "subsets": [""] * len(chosen)}
+    if implicit:
+        d["implicit_chosen"], d["implicit_rejected"] = implicit
+    return d
+
+
+def test_in_and_out_of_distribution_by_hand():
+    spec = _spec(seeds=[0, 1])
+    # reward model: trained on arith, tested on arith (seed 0: 3/4, seed 1: 1/4) and facts (1/2)
+    cells = [
+        _cell("reward", "reward", "arith", 0, {"arith": _s([1, 1, 1, 0], [0, 0, 0, 1]), "facts": _s([1, 0], [0, 1])}),
+        _cell("reward", "reward", "arith", 1, {"arith": _s([1, 0, 0, 0], [0, 1, 1, 1]), "facts": _s([1, 1], [0, 1])}),
+        _cell("reward", "reward", "facts", 0, {"facts": _s([1, 1], [1, 0]), "arith": _s([0], [1])}),
+    ]
+    grid = accuracy_grid(cells)
+    ind = in_distribution(grid, list(spec.datasets))
+    arith = ind["reward"]["datasets"]["arith"]
+    assert arith["mean"] == pytest.approx(0.5) and arith["std"] == pytest.approx(math.sqrt(0.125))
+    assert ind["reward"]["datasets"]["facts"]["mean"] == pytest.approx(0.75)  # a tie counts half
+    # averages per seed over the datasets each seed has: only one seed covers both
+    assert ind["reward"]["average"]["values"] == [pytest.approx((0.75 + 0.75) / 2)]
+    ood = out_of_distribution(grid, spec)["reward"]
+    assert ood["matrix"]["arith"]["facts"] == pytest.approx((0.5 + 0.75) / 2)
+    assert ood["matrix"]["facts"]["arith"] == 0.0
+    assert ood["ood_average"] == pytest.approx((0.625 + 0.0) / 2)
+    assert ood["within_group_average"] == pytest.approx(0.3125)  # both in "reasoning"
+    assert math.isnan(ood["across_group_average"])
+
+
+def test_hybrid_contributes_its_implicit_head_as_a_row():
+    cells = [_cell("hybrid", "hybrid", "arith", 0, {"arith": _s([1, 0], [0, 1], implicit=([1, 1], [0, 0]))})]
+    ind = in_distribution(accuracy_grid(cells), ["arith"])
+    assert ind["hybrid"]["datasets"]["arith"]["mean"] == 0.5
+    assert ind["hybrid (implicit)"]["datasets"]["arith"]["mean"] == 1.0
+
+
+def test_checkpoint_selection_picks_on_one_half_and_scores_the_other():
+    # step 1 is right on even pairs, step 2 on odd pairs; step 2 has the larger chosen reward
+    h1 = {"step": 1, "scores": {"a": _s([1, 0, 1, 0], [0, 1, 0, 1])}}
+    h2 = {"step": 2, "scores": {"a": _s([0, 5, 0, 5], [1, 0, 1, 0])}}
+    sel = checkpoint_selection([_cell("reward", "reward", "a", 0, {}, [h1, h2])])["reward"]
+    # accuracy picked on evens -> step 1 -> 0 on odds; on odds -> step 2 -> 0 on evens
+    assert sel["accuracy"]["mean"] == 0.0
+    assert sel["oracle"]["mean"] == 1.0
+    assert sel["step"]["mean"] == 0.5  # the last step: right on odds only
+    # on evens step 1 has the larger chosen reward (1 vs 0), margin (+1 vs -1) and lower loss;
+    # on odds step 2 does (5 vs 0, +5 vs -1): each picks the step that is wrong on the other half
+    for criterion in ("reward", "margin", "loss"):
+        assert sel[criterion]["mean"] == 0.0, criterion
+
+
+def test_calibration_bins_by_confidence():
+    # margins 0 (conf 0.5, half right), +/-10 (conf ~1): right once, wrong once
+    cal = calibration([_cell("reward", "reward", "a", 0, {"a": _s([0, 10, 0], [0, 0, 10])})])["reward"]
+    assert cal["pairs"] == 3
+    top = cal["bins"][-1]
+    assert top["pairs"] == 2 and top["accuracy"] == 0.5 and top["confidence"] == pytest.approx(1.0, abs=1e-4)
+    assert cal["ece"] == pytest.approx(2 / 3 * 0.5, abs=1e-4)
+
+
+def test_rewardbench_sections_weight_subsets_by_example_count():
+    per = {s: 1.0 for subs in REWARDBENCH_SECTIONS.values() for s in subs}
+    per["math-prm"] = 0.0  # 984 of the 1,968 reasoning examples
+    sec = rewardbench_sections(per)
+    assert sec["Reasoning"] == pytest.approx(0.5) and sec["Chat"] == 1.0
+    assert sec["Score"] == pytest.approx(3.5 / 4)
+    assert rewardbench_sections({"alpacaeval-easy": 1.0}) == {}  # incomplete sections are left out
+
+
+def test_experiment_end_to_end_tiny_model_resumes(tiny_model_dir, tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(
+        json.dumps(
+            {
+                "name": "tiny",
+                "seeds": [0],
+                "train": {"model": str(tiny_model_dir), "freeze_layers": 0, "builtin_pairs": 40,
+                          "per_device_train_batch_size": 4, "max_steps": 3},
+                "datasets": {"arith": {"data": "builtin:arithmetic", "max_pairs": 40},
+                             "facts": {"data": "builtin:facts", "max_pairs": 40}},
+                "mixed": True,
+                "evals_per_run": 3,
+                "alpha_sweep": {"dataset": "arith", "alphas": [0, 0.2], "schedules": ["decay"]},
+            }
+        )
+    )  # fmt: skip
+    out = tmp_path / "out"
+    first = runner.invoke(app, ["experiment", "--config", str(cfg), "--output-dir", str(out)])
+    assert first.exit_code == 0, first.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["run"]["cells_planned"] == 3 * 2 + 3 + 2 and results["run"]["cells_run_now"] == 11
+    assert set(results["in_distribution"]) == {"reward", "dpo", "hybrid", "hybrid (implicit)"}
+    ood = results["out_of_distribution"]["hybrid"]["matrix"]
+    assert set(ood["arith"]) == {"arith", "facts"} and 0 <= ood["arith"]["facts"] <= 1
+    assert results["mixed"]["reward"]["facts"]["mixed"]["n"] == 1
+    assert set(results["alpha_sweep"]["alphas"]) == {"0", "0.2"}
+    assert set(results["alpha_sweep"]["schedules"]) == {"constant (alpha 0.2)", "decay (alpha 0.2)"}
+    assert set(results["checkpoint_selection"]["dpo"]) == {"reward", "accuracy", "loss", "margin", "step", "oracle"}
+    budget = {b["cell"]: b for b in results["budgets"]}
+    assert budget["hybrid--arith--s0"]["steps"] == 3 and budget["hybrid--arith--s0"]["train_pairs"] > 0
+    cell = json.loads((out / "cells" / "hybrid--arith--s0" / "cell.json").read_text())
+    assert [h["step"] for h in cell["history"]] == [1, 2, 3]
+    assert not list((out / "cells").glob("*/model/*.safetensors"))  # weights are not kept by default
+    assert json.loads((out / "cells" / "hybrid--arith--s0" / "model" / "metrics.json").read_text())["train/steps"] == 3
+    html = (out / "report.html").read_text()
+    assert "In distribution" in html and "data:image/png;base64," in html
+    datasets = json.loads((out / "data" / "datasets.json").read_text())
+    assert datasets["arith"]["train_pairs"] + datasets["arith"]["test_pairs"] == 40
+    # a rerun reuses every cell; a changed budget re-runs every cell
+    again = runner.invoke(app, ["experiment", "--config", str(cfg), "--output-dir", str(out)])
+    assert again.exit_code == 0 and "0 cells run, 11 reused" in again.output
+
+
+def test_extra_eval_in_process_equals_evaluating_the_saved_model(tiny_model_dir, tmp_path):
+    from hafrm.commands import evaluate_model
+    from hafrm.config import HafConfig
+    from hafrm.data.inspect import pair_record
+    from hafrm.pipeline import train
+    from hafrm.scoring import RewardModel
+    from helpers import make_pairs
+
+    extra = make_pairs(6)
+    path = tmp_path / "extra.jsonl"
+    path.write_text("".join(json.dumps(pair_record(p)) + "\n" for p in extra))
+    cfg = HafConfig(model=str(tiny_model_dir), freeze_layers=0, builtin_pairs=24, per_device_train_batch_size=4,
+                    max_steps=2, output_dir=str(tmp_path / "m"))  # fmt: skip
+    result = train(cfg, extra_eval={"hand": extra})
+    in_process = result.extra_eval["hand"]
+    saved, _ = evaluate_model(RewardModel.from_pretrained(tmp_path / "m"), [str(path)])
+    assert (in_process.reward_chosen - saved.reward_chosen).abs().max() < 1e-5
+    assert (in_process.implicit_rejected - saved.implicit_rejected).abs().max() < 1e-5
+    assert in_process.reward_chosen.abs().max() > 0  # the head trained: the check is not 0 == 0
