@@ -121,6 +121,8 @@ def test_other_modes_train(tiny_model_dir, tmp_path):
         (["train", "--mode", "ppo"], "unknown mode 'ppo'; accepted: hybrid, reward, dpo"),
         (["train", "--loss", "kto"], "unknown loss 'kto'"),
         (["train", "--alpha", "-1"], "alpha must be >= 0"),
+        (["train", "--alpha-schedule", "zigzag"], "unknown alpha_schedule 'zigzag'; accepted: constant, warmup, decay"),
+        (["experiment", "--config", "no/such.yaml", "--output-dir", "x"], "no/such.yaml: no such experiment file"),
         (["train", "--model", "./no/such/model"], "model path ./no/such/model does not exist"),
     ],
 )

@@ -62,6 +62,7 @@ def test_plan_is_methods_by_datasets_by_seeds_plus_mixed_and_sweep():
         ({"datasets": {"a": {"data": "x.jsonl", "formt": "hh"}}}, "unknown field(s) ['formt']"),
         ({"alpha_sweep": {"dataset": "nope", "alphas": [0]}}, "'nope' is not among the datasets"),
         ({"alpha_sweep": {"dataset": "arith", "alphas": [0], "schedules": ["zigzag"]}}, "['zigzag'] unknown"),
+        ({"bon": {"prompts": "builtin", "samples": 3}}, "bon: unknown field(s) ['samples']"),
         ({"train": {"loss": "banana"}}, "loss"),
     ],
 )
@@ -171,6 +172,8 @@ def test_experiment_end_to_end_tiny_model_resumes(tiny_model_dir, tmp_path):
                 "mixed": True,
                 "evals_per_run": 3,
                 "alpha_sweep": {"dataset": "arith", "alphas": [0, 0.2], "schedules": ["decay"]},
+                "bon": {"prompts": "builtin:arithmetic", "num_prompts": 3, "n": 2, "max_new_tokens": 4,
+                        "policy": str(tiny_model_dir)},
             }
         )
     )  # fmt: skip
@@ -186,6 +189,14 @@ def test_experiment_end_to_end_tiny_model_resumes(tiny_model_dir, tmp_path):
     assert set(results["alpha_sweep"]["alphas"]) == {"0", "0.2"}
     assert set(results["alpha_sweep"]["schedules"]) == {"constant (alpha 0.2)", "decay (alpha 0.2)"}
     assert set(results["checkpoint_selection"]["dpo"]) == {"reward", "accuracy", "loss", "margin", "step", "oracle"}
+    bon = results["best_of_n"]
+    assert bon["prompts"] == 3 and set(bon["gold_correct"]) == {"reward", "dpo", "hybrid", "hybrid (implicit)"}
+    assert bon["gold_correct"]["hybrid"]["n"] == 3  # two training sets and the mixed cell
+    assert (
+        len(cell_bon := json.loads((out / "cells" / "dpo--facts--s0" / "cell.json").read_text())["bon"]["implicit"])
+        == 6
+    )
+    assert all(isinstance(x, float) for x in cell_bon)
     budget = {b["cell"]: b for b in results["budgets"]}
     assert budget["hybrid--arith--s0"]["steps"] == 3 and budget["hybrid--arith--s0"]["train_pairs"] > 0
     cell = json.loads((out / "cells" / "hybrid--arith--s0" / "cell.json").read_text())
@@ -194,6 +205,8 @@ def test_experiment_end_to_end_tiny_model_resumes(tiny_model_dir, tmp_path):
     assert json.loads((out / "cells" / "hybrid--arith--s0" / "model" / "metrics.json").read_text())["train/steps"] == 3
     html = (out / "report.html").read_text()
     assert "In distribution" in html and "data:image/png;base64," in html
+    md = (out / "results.md").read_text()
+    assert "## In distribution (Table 2)" in md and "| reward |" in md and "![ood_heatmap](ood_heatmap.png)" in md
     datasets = json.loads((out / "data" / "datasets.json").read_text())
     assert datasets["arith"]["train_pairs"] + datasets["arith"]["test_pairs"] == 40
     # a rerun reuses every cell; a changed budget re-runs every cell

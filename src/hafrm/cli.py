@@ -49,6 +49,7 @@ def train(
     config: Path | None = typer.Option(None, "--config", help="YAML file of HafConfig fields."),
     mode: str | None = typer.Option(None, help=H("mode")),
     alpha: float | None = typer.Option(None, help=H("alpha")),
+    alpha_schedule: str | None = typer.Option(None, help=H("alpha_schedule")),
     beta: float | None = typer.Option(None, help=H("beta")),
     loss: str | None = typer.Option(None, help=H("loss")),
     model: str | None = typer.Option(None, help=H("model")),
@@ -316,6 +317,55 @@ def experiment(
         for cell, why in run.failed.items():
             console.print(f"  {cell}: {why}", highlight=False)
         raise typer.Exit(1)
+
+
+@app.command()
+def bon(
+    model_dir: list[str] = typer.Argument(..., help="Reward model folders to compare; NAME=DIR names one."),
+    output_dir: Path = typer.Option(..., help="Where candidates.jsonl (reused by a rerun) and bon.json go."),
+    prompts: str = typer.Option("builtin", help="'builtin[:SKILL,...]' (gold verifiers) or any --data source."),
+    num_prompts: int = typer.Option(32, help="Held-out prompts (the eval side of the training split)."),
+    n: int = typer.Option(8, help="Candidates sampled per prompt."),
+    policy: str = typer.Option("smollm2", help="Policy model that samples the candidates."),
+    temperatures: str = typer.Option("0.5,0.8,1.1,1.4", help="Sampling temperatures, spread over the N."),
+    max_new_tokens: int = typer.Option(48, help="Tokens per candidate."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    judge: Path | None = typer.Option(None, help="A judge reward model folder (top-k recall, win rates)."),
+    judge_url: str | None = typer.Option(None, help="OpenAI-compatible base URL (…/v1) of a pairwise chat judge."),
+    judge_model: str = typer.Option("gpt-4o-mini", help="Model name sent to --judge-url."),
+) -> None:
+    """Best-of-N: each reward model picks one of N sampled responses per prompt; the picks are judged."""
+    import os
+
+    from hafrm.bon import BonSpec, ChatJudge, run_bon
+
+    try:
+        dirs = {}
+        for item in model_dir:
+            name, _, path = item.rpartition("=") if "=" in item else (Path(item).name, "", item)
+            if not Path(path).is_dir():
+                raise HafError(f"model folder {path} does not exist")
+            dirs[name] = Path(path)
+        temps = [float(t) for t in temperatures.split(",") if t.strip()]
+        if n < 1 or num_prompts < 1 or not temps or min(temps) <= 0:
+            raise HafError("n and num_prompts must be >= 1 and temperatures positive")
+        spec = BonSpec(prompts, num_prompts, n, policy, temps, max_new_tokens, seed)
+        chat = ChatJudge(judge_url, judge_model, os.environ.get("HAFRM_JUDGE_API_KEY")) if judge_url else None
+        report = run_bon(spec, dirs, output_dir, judge, chat, log_line=lambda m: console.print(m, highlight=False))
+    except (HafError, ValueError) as e:
+        _fail(str(e))
+    table = Table(title=f"Best-of-{n} on {report['prompts']} prompts")
+    columns = sorted({k for m in report["methods"].values() for k in m if k != "top_k_recall"})
+    recalls = sorted({k for m in report["methods"].values() for k in m.get("top_k_recall", {})}, key=int)
+    for col in ["method", *columns, *[f"top-{k} recall" for k in recalls]]:
+        table.add_column(col)
+    for name, m in report["methods"].items():
+        table.add_row(name, *[f"{m[c]:.3f}" for c in columns], *[f"{m['top_k_recall'][k]:.3f}" for k in recalls])
+    Console().print(table)
+    if "gold" in report:
+        g = report["gold"]
+        console.print(f"candidates correct {g['candidates_correct']:.3f}; oracle (any correct) {g['oracle']:.3f}")
+    console.print(f"wrote {output_dir / 'bon.json'}", highlight=False)
 
 
 @app.command("prepare-model")

@@ -28,6 +28,7 @@ from hafrm.model import HybridRewardModel
 from hafrm.models import cache_root, load_backbone
 from hafrm.precision import resolve_precision
 from hafrm.reference import model_fingerprint, reference_logps
+from hafrm.scoring import RewardModel
 from hafrm.trainer import HafTrainer
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class TrainResult:
     history: dict[int, EvalResult] = dataclasses.field(default_factory=dict)  # step -> eval at that step
     extra_eval: dict[str, EvalResult] = dataclasses.field(default_factory=dict)  # train(extra_eval=...)
     log_history: list[dict[str, float]] = dataclasses.field(default_factory=list)  # the Trainer's logs
+    reward_model: Any = None  # the trained model as a `hafrm.RewardModel`, in memory (score_batch, ...)
 
 
 # An empty system turn: without one, the chat template adds its own (18 tokens for SmolLM2).
@@ -251,6 +253,7 @@ def train(cfg: HafConfig, extra_eval: dict[str, list[PreferencePair]] | None = N
         history=dict(trainer.eval_history),
         log_history=list(trainer.state.log_history),
         extra_eval=extra,
+        reward_model=RewardModel(trainer.model, tokenizer, meta, out),
     )
 
 

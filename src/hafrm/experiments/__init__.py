@@ -28,7 +28,9 @@ def write_results(spec: ExperimentSpec, out: Path, extra: dict[str, Any] | None 
     from hafrm.experiments.report import write_report
 
     cells = load_cells(out)
-    results = analyse(cells, spec) | (extra or {})
+    path = out / "bon" / "candidates.jsonl"
+    candidates = [json.loads(line) for line in path.read_text().splitlines()] if spec.bon and path.is_file() else []
+    results = analyse(cells, spec, candidates) | (extra or {})
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_report(results, cells, out)
     return results

@@ -296,6 +296,30 @@ def alpha_sweep(cells: list[dict[str, Any]], spec: ExperimentSpec) -> dict[str, 
     }
 
 
+def best_of_n(cells: list[dict[str, Any]], candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    """Share of gold-correct picks per row (mean ± std over the main cells), with the candidates'
+    own rate (a random pick's expectation) and the oracle's (any candidate correct)."""
+    from hafrm.bon import groups, picks
+
+    if not candidates or not all("gold" in c for c in candidates):
+        return {}
+    grouped = groups(candidates)
+    rates: dict = defaultdict(list)
+    for cell in _by(cells, "main") + _by(cells, "mixed"):
+        for row, head in rows_of(cell):
+            scores = cell.get("bon", {}).get(head)
+            if scores:
+                picked = picks(scores, grouped)
+                rates[row].append(mean([float(candidates[i]["gold"]) for i in picked]))
+    return {
+        "prompts": len(grouped),
+        "candidates_per_prompt": len(candidates) / len(grouped),
+        "candidates_correct": mean([float(c["gold"]) for c in candidates]),
+        "oracle": mean([float(any(candidates[i]["gold"] for i in g)) for g in grouped]),
+        "gold_correct": {row: mean_std(v) for row, v in rates.items()},
+    }
+
+
 def budgets(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {
@@ -309,7 +333,9 @@ def budgets(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def analyse(cells: list[dict[str, Any]], spec: ExperimentSpec) -> dict[str, Any]:
+def analyse(
+    cells: list[dict[str, Any]], spec: ExperimentSpec, candidates: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     datasets = list(spec.datasets)
     grid = accuracy_grid(cells)
     return {
@@ -324,5 +350,6 @@ def analyse(cells: list[dict[str, Any]], spec: ExperimentSpec) -> dict[str, Any]
         "checkpoint_selection": checkpoint_selection(cells),
         "calibration": calibration(cells),
         "alpha_sweep": alpha_sweep(cells, spec),
+        "best_of_n": best_of_n(cells, candidates or []),
         "budgets": budgets(cells),
     }

@@ -167,6 +167,24 @@ def fig_selection(results: dict[str, Any], out: Path) -> Path | None:
     return _save(fig, out / "checkpoint_selection.png")
 
 
+def fig_bon(results: dict[str, Any], out: Path) -> Path | None:
+    bon = results.get("best_of_n")
+    if not bon or not bon["gold_correct"]:
+        return None
+    rows = list(bon["gold_correct"])
+    fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.2))
+    vals = [bon["gold_correct"][r] for r in rows]
+    ax.bar(rows, [v["mean"] for v in vals], yerr=[v["std"] for v in vals], capsize=3)
+    ax.axhline(bon["candidates_correct"], color="grey", ls="--", lw=0.8, label="random pick")
+    ax.axhline(bon["oracle"], color="black", ls=":", lw=0.8, label="oracle")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("picks correct (gold verifier)")
+    ax.tick_params(axis="x", labelsize=8, rotation=15)
+    ax.legend(fontsize=7)
+    ax.set_title(f"Best-of-{bon['candidates_per_prompt']:g}", fontsize=9)
+    return _save(fig, out / "best_of_n.png")
+
+
 def fig_alpha(results: dict[str, Any], out: Path) -> Path | None:
     sweep = results["alpha_sweep"]
     if not sweep or not sweep["alphas"]:
@@ -193,13 +211,17 @@ def _img(path: Path | None) -> str:
     return f'<p><img alt="{path.stem}" src="data:image/png;base64,{data}"></p>'
 
 
-def _section_tables(results: dict[str, Any]) -> list[str]:
-    parts = []
+Table = tuple[str, list[str], list[list[str]]]  # title ("" = under the previous one), header, rows
+
+
+def tables(results: dict[str, Any]) -> list[Table]:
+    """Every table of the report, format-neutral (rendered to HTML and to Markdown)."""
+    out: list[Table] = []
     ind = results["in_distribution"]
     if ind:
         datasets = list(results["datasets"])
         rows = [[r, *[_fmt(v["datasets"].get(d)) for d in datasets], _fmt(v["average"])] for r, v in ind.items()]
-        parts += ["<h2>In distribution (Table 2)</h2>", _table(["method", *datasets, "average"], rows)]
+        out.append(("In distribution (Table 2)", ["method", *datasets, "average"], rows))
     ood = {r: v for r, v in results["out_of_distribution"].items() if len(v["matrix"]) > 1}
     if ood:
         groups = sorted({g for v in ood.values() for g in v["group_averages"]})
@@ -209,36 +231,55 @@ def _section_tables(results: dict[str, Any]) -> list[str]:
              _fmt(v["across_group_average"]), *[_fmt(v["group_averages"].get(g)) for g in groups]]
             for r, v in ood.items()
         ]  # fmt: skip
-        parts += ["<h2>Out of distribution (Table 3)</h2>", _table(header, rows)]
+        out.append(("Out of distribution (Table 3)", header, rows))
     if results["mixed"]:
         rows = [
             [r, d, _fmt(v["mixed"]), _fmt(v["single"])] for r, per in results["mixed"].items() for d, v in per.items()
         ]
-        parts += ["<h2>Mixed data vs one model per set</h2>", _table(["method", "test set", "mixed", "single"], rows)]
+        out.append(("Mixed data vs one model per set", ["method", "test set", "mixed", "single"], rows))
     for name, per_row in results["external"].items():
         subsets = sorted({s for v in per_row.values() for s in v["subsets"]})
         rows = [[r, *[_fmt(v["subsets"].get(s)) for s in subsets]] for r, v in per_row.items()]
-        parts += [f"<h2>External set: {html.escape(name)}</h2>", _table(["model", *subsets], rows)]
+        out.append((f"External set: {name}", ["model", *subsets], rows))
         rb = {r: v["rewardbench"] for r, v in per_row.items() if v["rewardbench"]}
         if rb:
             secs = list(next(iter(rb.values())))
-            parts.append(_table(["model", *secs], [[r, *[_fmt(v.get(s)) for s in secs]] for r, v in rb.items()]))
+            out.append(("", ["model", *secs], [[r, *[_fmt(v.get(s)) for s in secs]] for r, v in rb.items()]))
     if results["checkpoint_selection"]:
         crits = [*SELECTION, "oracle"]
         rows = [[r, *[_fmt(v.get(c)) for c in crits]] for r, v in results["checkpoint_selection"].items()]
-        parts += ["<h2>Checkpoint selection</h2>", _table(["method", *crits], rows)]
+        out.append(("Checkpoint selection", ["method", *crits], rows))
     if results["calibration"]:
         rows = [[r, _fmt(v["ece"]), str(v["pairs"])] for r, v in results["calibration"].items()]
-        parts += ["<h2>Calibration</h2>", _table(["method", "ECE", "pairs"], rows)]
+        out.append(("Calibration", ["method", "ECE", "pairs"], rows))
     if results["alpha_sweep"]:
         sw = results["alpha_sweep"]
         rows = [[a, _fmt(v.get("reward")), _fmt(v.get("implicit"))] for a, v in sw["alphas"].items()]
         rows += [[s, _fmt(v.get("reward")), _fmt(v.get("implicit"))] for s, v in sw.get("schedules", {}).items()]
-        parts += [
-            f"<h2>alpha sweep ({html.escape(sw['dataset'])})</h2>",
-            _table(["alpha", "reward head", "implicit"], rows),
-        ]
-    return parts
+        out.append((f"alpha sweep ({sw['dataset']})", ["alpha", "reward head", "implicit"], rows))
+    bon = results.get("best_of_n")
+    if bon:
+        rows = [[r, _fmt(v)] for r, v in bon["gold_correct"].items()]
+        rows += [["(a random pick: the candidates' rate)", _fmt(bon["candidates_correct"])],
+                 ["(oracle: any candidate correct)", _fmt(bon["oracle"])]]  # fmt: skip
+        title = f"Best-of-{bon['candidates_per_prompt']:g} on {bon['prompts']} held-out prompts (gold verifier)"
+        out.append((title, ["method", "picks correct"], rows))
+    budget = [[b["cell"], str(b["train_pairs"]), str(b["steps"]), f"{b['seconds']:.0f}"] for b in results["budgets"]]
+    out.append(("Budget per cell", ["cell", "train pairs", "steps", "seconds"], budget))
+    return out
+
+
+def markdown(results: dict[str, Any], figures: list[Path]) -> str:
+    """The tables and figure links as Markdown (for docs/results.md)."""
+    lines = [f"# hafrm experiment: {results['experiment']}", "", f"{results['cells_finished']} cells finished; "
+             f"seeds {results['seeds']}.", ""]  # fmt: skip
+    for title, header, rows in tables(results):
+        if title:
+            lines += [f"## {title}", ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    lines += [f"![{p.stem}]({p.name})" for p in figures]
+    return "\n".join(lines) + "\n"
 
 
 STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -256,19 +297,17 @@ def write_report(results: dict[str, Any], cells: list[dict[str, Any]], out: Path
         "calibration": fig_calibration(results, out),
         "selection": fig_selection(results, out),
         "alpha": fig_alpha(results, out),
+        "bon": fig_bon(results, out),
     }
-    budget_rows = [
-        [b["cell"], str(b["train_pairs"]), str(b["steps"]), f"{b['seconds']:.0f}"] for b in results["budgets"]
-    ]
     body = [
         f"<h1>hafrm experiment: {html.escape(results['experiment'])}</h1>",
         f"<p>{results['cells_finished']} cells finished; seeds {results['seeds']}. {html.escape(note)}</p>",
-        *_section_tables(results),
-        "<h2>Figures</h2>",
-        *[_img(p) for p in figs.values()],
-        "<h2>Budget per cell</h2>",
-        _table(["cell", "train pairs", "steps", "seconds"], budget_rows),
     ]
+    for title, header, rows in tables(results):
+        if title == "Budget per cell":  # the figures before the long budget table
+            body += ["<h2>Figures</h2>", *[_img(p) for p in figs.values()]]
+        body += ([f"<h2>{html.escape(title)}</h2>"] if title else []) + [_table(header, rows)]
+    (out / "results.md").write_text(markdown(results, [p for p in figs.values() if p]))
     path = out / "report.html"
     path.write_text(f"<!doctype html><meta charset='utf-8'><title>hafrm {html.escape(results['experiment'])}"
                     f"</title><style>{STYLE}</style>" + "\n".join(body) + "\n")  # fmt: skip

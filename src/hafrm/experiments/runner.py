@@ -191,7 +191,11 @@ def _cell_setup(spec: ExperimentSpec, cell: Cell, out: Path) -> tuple[HafConfig,
     config = cfg.to_dict()
     config.pop("output_dir")
     tests = [data_dir / f"{n}.test.jsonl" for n in spec.datasets]
-    seen = json.dumps(config, sort_keys=True) + _file_hash(train_files + tests) + json.dumps(spec.external)
+    seen = (
+        json.dumps(config, sort_keys=True)
+        + _file_hash(train_files + tests)
+        + json.dumps([spec.external, spec.bon], sort_keys=True)
+    )
     fingerprint = hashlib.blake2b(seen.encode(), digest_size=12).hexdigest()
     return cfg, other_tests, fingerprint
 
@@ -210,7 +214,25 @@ def _scores(result: EvalResult, dataset_of: Callable[[int], str]) -> dict[str, d
     return out
 
 
-def run_cell(spec: ExperimentSpec, cell: Cell, out: Path, cfg: HafConfig, other_tests: list[str]) -> dict[str, Any]:
+def bon_candidates(spec: ExperimentSpec, out: Path, log_line: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """The Best-of-N candidates every cell scores (sampled once, kept in `out/bon/`)."""
+    from hafrm.bon import BonSpec, load_or_generate
+
+    if not spec.bon:
+        return []
+    # prompts from the held-out side of the experiment's own split: never a training prompt
+    bon = BonSpec(**{"split_seed": spec.split_seed, "eval_fraction": spec.test_fraction, **spec.bon})
+    return load_or_generate(bon, out / "bon", log_line)
+
+
+def run_cell(
+    spec: ExperimentSpec,
+    cell: Cell,
+    out: Path,
+    cfg: HafConfig,
+    other_tests: list[str],
+    candidates: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Train one cell; evaluate its final model on every test split and external set, in process."""
     from hafrm.data.formats import DataOptions
     from hafrm.data.io import load_pairs
@@ -230,6 +252,11 @@ def run_cell(spec: ExperimentSpec, cell: Cell, out: Path, cfg: HafConfig, other_
         {"step": step, "scores": _scores(ev, lambda i, ev=ev: ev.tags[i])}
         for step, ev in sorted(result.history.items())
     ]
+    bon = {}
+    if candidates:  # each head of the trained model scores every Best-of-N candidate
+        prompts, responses = [c["prompt"] for c in candidates], [c["response"] for c in candidates]
+        for head in [MODES[cfg.mode].inference_head] + (["implicit"] if cfg.mode == "hybrid" else []):
+            bon[head] = [round(x, 6) for x in result.reward_model.score_batch(prompts, responses, head=head)]
     train_logs = [
         {k: v for k, v in row.items() if k in ("step", "loss", "loss/bt", "loss/policy", "rewards/accuracies")}
         for row in result.log_history
@@ -250,6 +277,7 @@ def run_cell(spec: ExperimentSpec, cell: Cell, out: Path, cfg: HafConfig, other_
         "scores": scores,
         "history": history,
         "train_logs": train_logs,
+        "bon": bon,
     }
 
 
@@ -267,6 +295,7 @@ def run_experiment(spec: ExperimentSpec, out: Path, log_line: Callable[[str], No
     for name, s in summary.items():
         log_line(f"data {name}: {s['pairs_read']} pairs read, {s['train_pairs']} train / {s['test_pairs']} test")
     cells = plan_cells(spec)
+    candidates = bon_candidates(spec, out, log_line)
     run = RunSummary()
     for n, cell in enumerate(cells, 1):
         cfg, other_tests, fingerprint = _cell_setup(spec, cell, out)
@@ -279,7 +308,7 @@ def run_experiment(spec: ExperimentSpec, out: Path, log_line: Callable[[str], No
         cell_dir.mkdir(parents=True)
         log_line(f"[{n}/{len(cells)}] {cell.id}")
         try:
-            record = run_cell(spec, cell, out, cfg, other_tests)
+            record = run_cell(spec, cell, out, cfg, other_tests, candidates)
         except (HafError, RuntimeError, ValueError, OSError) as e:
             (cell_dir / "error.txt").write_text(traceback.format_exc())
             run.failed[cell.id] = f"{type(e).__name__}: {e}".splitlines()[0]

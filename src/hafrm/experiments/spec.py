@@ -67,6 +67,7 @@ class ExperimentSpec:
     external: dict[str, str] = field(default_factory=dict)  # name -> RewardBench-format file
     alpha_sweep: AlphaSweep | None = None
     evals_per_run: int = 4
+    bon: dict[str, Any] | None = None  # Best-of-N in every cell: hafrm.bon.BonSpec fields (prompts, n, ...)
     keep_models: bool = False
     source: str = "experiment"
 
@@ -190,8 +191,23 @@ def _validate(spec: ExperimentSpec) -> None:
         raise _fail(where, f"evals_per_run must be >= 1, got {spec.evals_per_run!r}")
     if not isinstance(spec.external, dict):
         raise _fail(where, "external must be a mapping name -> RewardBench-format file")
+    _validate_bon(spec)
     for method in spec.methods:  # every method's config must build (bad mode, alpha < 0, ...)
         spec.cell_config(method, spec.seeds[0])
+
+
+def _validate_bon(spec: ExperimentSpec) -> None:
+    from hafrm.bon import BonSpec
+
+    if spec.bon is None:
+        return
+    if not isinstance(spec.bon, dict):
+        raise _fail(spec.source, "bon must be a mapping of Best-of-N fields (prompts, num_prompts, n, ...)")
+    unknown = sorted(set(spec.bon) - set(BonSpec.__dataclass_fields__))
+    if unknown:
+        raise _fail(
+            spec.source, f"bon: unknown field(s) {unknown}; accepted: {', '.join(BonSpec.__dataclass_fields__)}"
+        )
 
 
 def load_experiment(path: str | Path) -> ExperimentSpec:
