@@ -63,6 +63,11 @@ def test_plan_is_methods_by_datasets_by_seeds_plus_mixed_and_sweep():
         ({"alpha_sweep": {"dataset": "nope", "alphas": [0]}}, "'nope' is not among the datasets"),
         ({"alpha_sweep": {"dataset": "arith", "alphas": [0], "schedules": ["zigzag"]}}, "['zigzag'] unknown"),
         ({"bon": {"prompts": "builtin", "samples": 3}}, "bon: unknown field(s) ['samples']"),
+        ({"bon": {"prompts": "builtin", "split_seed": 3}}, "come from the experiment's split"),
+        ({"train": {"on_error": "skip"}}, "data options go on each dataset"),
+        ({"methods": {"haf": "hybrid"}}, "give a mapping of HafConfig fields"),
+        ({"alpha_sweep": {"dataset": "arith", "alphas": [-1]}}, "cell hybrid@alpha=-1--arith--s0"),
+        ({"datasets": {"a": {"data": "x.jsonl", "on_error": "ignore"}}}, "dataset 'a'"),
         ({"train": {"loss": "banana"}}, "loss"),
     ],
 )
@@ -104,12 +109,15 @@ def test_in_and_out_of_distribution_by_hand():
         _cell("reward", "reward", "facts", 0, {"facts": _s([1, 1], [1, 0]), "arith": _s([0], [1])}),
     ]
     grid = accuracy_grid(cells)
-    ind = in_distribution(grid, list(spec.datasets))
+    ind = in_distribution(grid, ["arith", "facts"])
     arith = ind["reward"]["datasets"]["arith"]
     assert arith["mean"] == pytest.approx(0.5) and arith["std"] == pytest.approx(math.sqrt(0.125))
     assert ind["reward"]["datasets"]["facts"]["mean"] == pytest.approx(0.75)  # a tie counts half
-    # averages per seed over the datasets each seed has: only one seed covers both
+    # the average over datasets is taken per seed, for the seeds every dataset has: only seed 0
     assert ind["reward"]["average"]["values"] == [pytest.approx((0.75 + 0.75) / 2)]
+    assert ind["reward"]["missing_seeds"] == {"facts": [1]}
+    # a dataset with no cell at all: no average (not an average over the others)
+    assert in_distribution(grid, list(spec.datasets))["reward"]["average"]["n"] == 0
     ood = out_of_distribution(grid, spec)["reward"]
     assert ood["matrix"]["arith"]["facts"] == pytest.approx((0.5 + 0.75) / 2)
     assert ood["matrix"]["facts"]["arith"] == 0.0
@@ -140,6 +148,15 @@ def test_checkpoint_selection_picks_on_one_half_and_scores_the_other():
         assert sel[criterion]["mean"] == 0.0, criterion
 
 
+def test_checkpoint_selection_halves_by_split_group():
+    # pairs 0 and 1 are one group (half 0), 2 and 3 another (half 1): step 1 is right on half 0 only,
+    # step 2 on half 1 only; an even/odd split would have mixed them
+    h1 = {"step": 1, "scores": {"a": _s([1, 1, 0, 0], [0, 0, 1, 1]) | {"halves": [0, 0, 1, 1]}}}
+    h2 = {"step": 2, "scores": {"a": _s([0, 0, 1, 1], [1, 1, 0, 0]) | {"halves": [0, 0, 1, 1]}}}
+    sel = checkpoint_selection([_cell("reward", "reward", "a", 0, {}, [h1, h2])])["reward"]
+    assert sel["accuracy"]["mean"] == 0.0 and sel["oracle"]["mean"] == 1.0
+
+
 def test_calibration_bins_by_confidence():
     # margins 0 (conf 0.5, half right), +/-10 (conf ~1): right once, wrong once
     cal = calibration([_cell("reward", "reward", "a", 0, {"a": _s([0, 10, 0], [0, 0, 10])})])["reward"]
@@ -165,7 +182,7 @@ def test_experiment_end_to_end_tiny_model_resumes(tiny_model_dir, tmp_path):
             {
                 "name": "tiny",
                 "seeds": [0],
-                "train": {"model": str(tiny_model_dir), "freeze_layers": 0, "builtin_pairs": 40,
+                "train": {"model": str(tiny_model_dir), "freeze_layers": 0,
                           "per_device_train_batch_size": 4, "max_steps": 3},
                 "datasets": {"arith": {"data": "builtin:arithmetic", "max_pairs": 40},
                              "facts": {"data": "builtin:facts", "max_pairs": 40}},
@@ -212,6 +229,17 @@ def test_experiment_end_to_end_tiny_model_resumes(tiny_model_dir, tmp_path):
     # a rerun reuses every cell; a changed budget re-runs every cell
     again = runner.invoke(app, ["experiment", "--config", str(cfg), "--output-dir", str(out)])
     assert again.exit_code == 0 and "0 cells run, 11 reused" in again.output
+    # a cell the current plan does not have (a seed since removed) is left out of the analysis
+    stale = out / "cells" / "reward--arith--s9"
+    stale.mkdir()
+    record = json.loads((out / "cells" / "reward--arith--s0" / "cell.json").read_text())
+    record["cell"] |= {"seed": 9, "id": "reward--arith--s9"}
+    (stale / "cell.json").write_text(json.dumps(record))
+    redo = runner.invoke(app, ["experiment", "--config", str(cfg), "--output-dir", str(out), "--report-only"])
+    assert redo.exit_code == 0, redo.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["cells_left_out_stale"] == ["reward--arith--s9"] and results["cells_finished"] == 11
+    assert results["in_distribution"]["reward"]["datasets"]["arith"]["n"] == 1
 
 
 def test_extra_eval_in_process_equals_evaluating_the_saved_model(tiny_model_dir, tmp_path):

@@ -330,6 +330,8 @@ def bon(
     temperatures: str = typer.Option("0.5,0.8,1.1,1.4", help="Sampling temperatures, spread over the N."),
     max_new_tokens: int = typer.Option(48, help="Tokens per candidate."),
     seed: int = typer.Option(0, help="Sampling seed."),
+    split_seed: int = typer.Option(42, help="The models' training --seed: prompts come from its held-out side."),
+    eval_fraction: float = typer.Option(0.2, help="The models' training --eval-fraction (held-out share)."),
     judge: Path | None = typer.Option(None, help="A judge reward model folder (top-k recall, win rates)."),
     judge_url: str | None = typer.Option(None, help="OpenAI-compatible base URL (…/v1) of a pairwise chat judge."),
     judge_model: str = typer.Option("gpt-4o-mini", help="Model name sent to --judge-url."),
@@ -349,7 +351,7 @@ def bon(
         temps = [float(t) for t in temperatures.split(",") if t.strip()]
         if n < 1 or num_prompts < 1 or not temps or min(temps) <= 0:
             raise HafError("n and num_prompts must be >= 1 and temperatures positive")
-        spec = BonSpec(prompts, num_prompts, n, policy, temps, max_new_tokens, seed)
+        spec = BonSpec(prompts, num_prompts, n, policy, temps, max_new_tokens, seed, eval_fraction, split_seed)
         chat = ChatJudge(judge_url, judge_model, os.environ.get("HAFRM_JUDGE_API_KEY")) if judge_url else None
         report = run_bon(spec, dirs, output_dir, judge, chat, log_line=lambda m: console.print(m, highlight=False))
     except (HafError, ValueError) as e:

@@ -26,6 +26,7 @@ class EvalResult:
     implicit_rejected: torch.Tensor | None = None
     tags: list[str] = field(default_factory=list)
     subsets: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)  # each pair's split-group hash
 
 
 @torch.no_grad()
@@ -61,7 +62,16 @@ def evaluate_pairs(
     model.train(was_training)
     metrics = mean_metrics(rows, weights)
     tags, subsets = [p.tag for p in pairs], [p.subset for p in pairs]
-    result = EvalResult(metrics, rw, rl, iw if have_implicit else None, il if have_implicit else None, tags, subsets)
+    result = EvalResult(
+        metrics,
+        rw,
+        rl,
+        iw if have_implicit else None,
+        il if have_implicit else None,
+        tags,
+        subsets,
+        [p.group for p in pairs],
+    )
     _add_summary(result, cfg)
     return result
 

@@ -197,6 +197,7 @@ def train(cfg: HafConfig, extra_eval: dict[str, list[PreferencePair]] | None = N
     pad_id = tokenizer.pad_token_id
     extra_tok = {name: encoder.tokenize(pairs) for name, pairs in (extra_eval or {}).items()}
     for name, tok in extra_tok.items():
+        dropped |= _report_drops(f"extra/{name}", tok)
         if not tok.pairs:
             raise DataError(f"extra eval set {name!r}: no pairs left after tokenisation")
     train_ref, refs, hits = _references(cfg, model, train_tok, [eval_tok, *extra_tok.values()], cache, pad_id)

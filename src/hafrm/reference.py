@@ -21,7 +21,7 @@ from hafrm.data.tokenize import PairCollator, TokenizedPair, pair_features
 from hafrm.model import HybridRewardModel, model_inputs
 
 log = logging.getLogger(__name__)
-LOGPROB_VERSION = "1"  # bump when the log-prob computation changes
+LOGPROB_VERSION = "2"  # bump when the log-prob computation changes (2: packed passes)
 
 
 @dataclass

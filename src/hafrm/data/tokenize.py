@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ class TokenizedPair:
     tag: str  # skill (built-in task) or source, for per-group metrics
     index: int  # position in the input list
     subset: str = ""  # a finer label within a source (RewardBench subset, Auto-J scenario)
+    group: str = ""  # hash of the split group (or prompt): pairs that must stay on one side together
 
 
 @dataclass
@@ -136,7 +138,11 @@ class PairTokenizer:
                 continue
             tag = str(pair.meta.get("skill") or pair.source or "all")
             subset = str(pair.meta.get("subset") or "")
-            result.pairs.append(TokenizedPair(c_ids, r_ids, c_len, r_len, pair.margin, pair.source, tag, i, subset))
+            key = str(pair.meta.get("group") or pair.prompt_text())
+            group = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+            result.pairs.append(
+                TokenizedPair(c_ids, r_ids, c_len, r_len, pair.margin, pair.source, tag, i, subset, group)
+            )
         return result
 
 

@@ -27,10 +27,10 @@ def write_results(spec: ExperimentSpec, out: Path, extra: dict[str, Any] | None 
     """Analyse the finished cells of `out`; write results.json, the PNGs and report.html."""
     from hafrm.experiments.report import write_report
 
-    cells = load_cells(out)
+    cells, stale = load_cells(out, spec)
     path = out / "bon" / "candidates.jsonl"
     candidates = [json.loads(line) for line in path.read_text().splitlines()] if spec.bon and path.is_file() else []
-    results = analyse(cells, spec, candidates) | (extra or {})
+    results = analyse(cells, spec, candidates) | {"cells_left_out_stale": stale} | (extra or {})
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_report(results, cells, out)
     return results

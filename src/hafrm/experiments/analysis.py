@@ -83,14 +83,14 @@ def _by(cells: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [c for c in cells if c["cell"]["kind"] == kind]
 
 
-def accuracy_grid(cells: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """row -> train set -> test set -> accuracies over seeds (main and mixed cells)."""
-    grid: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+def accuracy_grid(cells: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[int, float]]]]:
+    """row -> train set -> test set -> seed -> accuracy (main and mixed cells)."""
+    grid: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
     for cell in _by(cells, "main") + _by(cells, "mixed"):
         for row, head in rows_of(cell):
             for test, scores in cell["scores"].items():
                 if not test.startswith("external/"):
-                    grid[row][cell["cell"]["train"]][test].append(head_accuracy(scores, head))
+                    grid[row][cell["cell"]["train"]][test][cell["cell"]["seed"]] = head_accuracy(scores, head)
     return grid
 
 
@@ -98,12 +98,19 @@ def in_distribution(grid, datasets: list[str]) -> dict[str, Any]:
     """The paper's Table 2: each row trained and tested on each dataset, and the average."""
     table = {}
     for row, by_train in grid.items():
-        per = {d: mean_std(by_train[d][d]) for d in datasets if by_train.get(d, {}).get(d)}
-        if not per:
+        seeds = {d: by_train[d][d] for d in datasets if by_train.get(d, {}).get(d)}
+        if not seeds:
             continue
-        seeds = min(len(v["values"]) for v in per.values())
-        averages = [mean([per[d]["values"][i] for d in per]) for i in range(seeds)]
-        table[row] = {"datasets": per, "average": mean_std(averages)}
+        per = {d: mean_std(list(s.values())) for d, s in seeds.items()}
+        # the average over datasets, per seed, for the seeds every dataset has (others listed)
+        common = sorted(set.intersection(*(set(s) for s in seeds.values()))) if len(seeds) == len(datasets) else []
+        averages = [mean([seeds[d][seed] for d in datasets]) for seed in common]
+        missing = {d: sorted(set().union(*(set(s) for s in seeds.values())) - set(seeds.get(d, {}))) for d in datasets}
+        table[row] = {
+            "datasets": per,
+            "average": mean_std(averages),
+            "missing_seeds": {d: m for d, m in missing.items() if m},
+        }
     return table
 
 
@@ -115,7 +122,9 @@ def out_of_distribution(grid, spec: ExperimentSpec) -> dict[str, Any]:
     out = {}
     for row, by_train in grid.items():
         matrix = {
-            a: {b: mean(by_train[a][b]) for b in names if by_train.get(a, {}).get(b)} for a in names if a in by_train
+            a: {b: mean(list(by_train[a][b].values())) for b in names if by_train.get(a, {}).get(b)}
+            for a in names
+            if a in by_train
         }
         off = [(a, b) for a in matrix for b in matrix[a] if a != b]
         within = [matrix[a][b] for a, b in off if group[a] and group[a] == group[b]]
@@ -142,7 +151,10 @@ def mixed_vs_single(grid, datasets: list[str]) -> dict[str, Any]:
         if MIXED not in by_train:
             continue
         out[row] = {
-            d: {"mixed": mean_std(by_train[MIXED][d]), "single": mean_std(by_train.get(d, {}).get(d, []))}
+            d: {
+                "mixed": mean_std(list(by_train[MIXED][d].values())),
+                "single": mean_std(list(by_train.get(d, {}).get(d, {}).values())),
+            }
             for d in datasets
             if by_train[MIXED].get(d)
         }
@@ -209,7 +221,8 @@ def log_sigmoid(x: float) -> float:
 
 def checkpoint_selection(cells: list[dict[str, Any]]) -> dict[str, Any]:
     """Which checkpoint each criterion picks, and the accuracy it gets, without peeking: the
-    in-distribution test pairs are halved (even / odd index), the step is chosen on one half and
+    in-distribution test pairs are halved by a hash of their split group (a built-in mirror couple
+    stays on one side), the step is chosen on one half and
     scored on the other, both ways, and the two are averaged. `oracle` picks on the scored half."""
     rows: dict = defaultdict(lambda: defaultdict(list))
     for cell in _by(cells, "main"):
@@ -220,8 +233,12 @@ def checkpoint_selection(cells: list[dict[str, Any]]) -> dict[str, Any]:
         for row, head in rows_of(cell):
             if HEAD_KEYS[head][0] not in steps[0]["scores"][train]:
                 continue
-            n = len(steps[0]["scores"][train]["subsets"])
-            halves = [list(range(0, n, 2)), list(range(1, n, 2))]
+            first = steps[0]["scores"][train]
+            n = len(first["subsets"])
+            side = first.get("halves") or [i % 2 for i in range(n)]  # a couple's pairs stay on one side
+            halves = [[i for i in range(n) if side[i] == 0], [i for i in range(n) if side[i] == 1]]
+            if not halves[0] or not halves[1]:
+                continue
             for criterion in (*SELECTION, "oracle"):
                 got = []
                 for pick, score in (halves, halves[::-1]):

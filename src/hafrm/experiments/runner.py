@@ -189,12 +189,14 @@ def _cell_setup(spec: ExperimentSpec, cell: Cell, out: Path) -> tuple[HafConfig,
     )
     other_tests = [str(data_dir / f"{n}.test.jsonl") for n in spec.datasets if n not in names]
     config = cfg.to_dict()
-    config.pop("output_dir")
+    for key in ("output_dir", "data", "eval_data"):  # paths under the output folder; their bytes are hashed
+        config.pop(key)
     tests = [data_dir / f"{n}.test.jsonl" for n in spec.datasets]
     seen = (
         json.dumps(config, sort_keys=True)
         + _file_hash(train_files + tests)
-        + json.dumps([spec.external, spec.bon], sort_keys=True)
+        + json.dumps([spec.external, spec.bon, spec.keep_models, cell.train], sort_keys=True)
+        + _file_hash([Path(p) for p in spec.external.values() if Path(p).is_file()])
     )
     fingerprint = hashlib.blake2b(seen.encode(), digest_size=12).hexdigest()
     return cfg, other_tests, fingerprint
@@ -204,8 +206,9 @@ def _scores(result: EvalResult, dataset_of: Callable[[int], str]) -> dict[str, d
     """Per dataset: every head's chosen/rejected scores and each pair's subset."""
     out: dict[str, dict[str, Any]] = {}
     for i in range(len(result.tags)):
-        d = out.setdefault(dataset_of(i), {"subsets": []})
+        d = out.setdefault(dataset_of(i), {"subsets": [], "halves": []})
         d["subsets"].append(result.subsets[i] if result.subsets else "")
+        d["halves"].append(int(result.groups[i][-1], 16) % 2 if result.groups else i % 2)  # by split group
         for c, r in HEAD_KEYS.values():
             values = getattr(result, c), getattr(result, r)
             if values[0] is not None:
@@ -298,7 +301,12 @@ def run_experiment(spec: ExperimentSpec, out: Path, log_line: Callable[[str], No
     candidates = bon_candidates(spec, out, log_line)
     run = RunSummary()
     for n, cell in enumerate(cells, 1):
-        cfg, other_tests, fingerprint = _cell_setup(spec, cell, out)
+        try:
+            cfg, other_tests, fingerprint = _cell_setup(spec, cell, out)
+        except HafError as e:
+            run.failed[cell.id] = str(e).splitlines()[0]
+            log_line(f"  {cell.id} cannot start: {run.failed[cell.id]}")
+            continue
         cell_dir = out / "cells" / cell.id
         done = cell_dir / "cell.json"
         if done.is_file() and json.loads(done.read_text()).get("fingerprint") == fingerprint:
@@ -324,6 +332,17 @@ def run_experiment(spec: ExperimentSpec, out: Path, log_line: Callable[[str], No
     return run
 
 
-def load_cells(out: Path) -> list[dict[str, Any]]:
-    """Every finished cell in an experiment folder."""
-    return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*/cell.json"))]
+def load_cells(out: Path, spec: ExperimentSpec | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The finished cells of an experiment folder, and the ids of those left out: with `spec`,
+    only cells of its plan whose config and data are unchanged count (stale ones are listed)."""
+    cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*/cell.json"))]
+    if spec is None:
+        return cells, []
+    current = {}
+    for cell in plan_cells(spec):
+        try:
+            current[cell.id] = _cell_setup(spec, cell, out)[2]
+        except (HafError, OSError):
+            continue
+    keep = [c for c in cells if current.get(c["cell"]["id"]) == c.get("fingerprint")]
+    return keep, sorted(c["cell"]["id"] for c in cells if c not in keep)

@@ -29,8 +29,9 @@ from hafrm.errors import ConfigError
 
 # HafConfig fields a cell sets itself: every cell reads its split files and keeps its last step.
 CELL_FIELDS = ("data", "eval_data", "seed", "output_dir", "select_by", "eval_steps", "save_steps", "resume")
-# Per-dataset read options (HafConfig's data fields).
+# Per-dataset read options (HafConfig's data fields): set on a dataset, never in train or a method.
 DATA_OPTIONS = ("data_format", "data_map", "on_error", "pku_label", "pku_safety_filter")
+NOT_SHARED = (*DATA_OPTIONS, "max_pairs_per_source", "builtin_pairs", "eval_fraction")
 MIXED = "mixed"
 
 
@@ -100,11 +101,16 @@ def _methods(raw: Any, where: str) -> dict[str, dict[str, Any]]:
     if isinstance(raw, dict) and raw:
         out = {}
         for name, overrides in raw.items():
+            if overrides is not None and not isinstance(overrides, dict):
+                raise _fail(where, f"method {name!r}: give a mapping of HafConfig fields, got {overrides!r}")
             overrides = dict(overrides or {})
             overrides.setdefault("mode", name if name in MODES else "hybrid")
             bad = [k for k in overrides if k in CELL_FIELDS]
             if bad:
                 raise _fail(where, f"method {name!r} sets {bad}, which every cell sets itself")
+            bad = [k for k in overrides if k in NOT_SHARED]
+            if bad:
+                raise _fail(where, f"method {name!r} sets {bad}: data options go on each dataset (or max_*_pairs)")
             out[str(name)] = overrides
         return out
     raise _fail(where, "methods must be a list of modes or a mapping name -> HafConfig fields")
@@ -157,6 +163,8 @@ def parse_experiment(values: dict[str, Any], source: str = "experiment") -> Expe
         unknown = sorted(set(sweep) - {"dataset", "alphas", "seeds", "schedules"})
         if unknown:
             raise _fail(source, f"alpha_sweep: unknown field(s) {unknown}; accepted: dataset, alphas, seeds, schedules")
+        if not isinstance(sweep["alphas"], list) or not all(isinstance(a, int | float) for a in sweep["alphas"]):
+            raise _fail(source, f"alpha_sweep.alphas must be a list of numbers, got {sweep['alphas']!r}")
         spec.alpha_sweep = AlphaSweep(
             str(sweep["dataset"]),
             [float(a) for a in sweep["alphas"]],
@@ -181,7 +189,10 @@ def _validate(spec: ExperimentSpec) -> None:
     bad = [k for k in spec.train if k in CELL_FIELDS]
     if bad:
         raise _fail(where, f"train sets {bad}, which every cell sets itself")
-    if not 0 < spec.test_fraction < 1:
+    bad = [k for k in spec.train if k in NOT_SHARED]
+    if bad:
+        raise _fail(where, f"train sets {bad}: data options go on each dataset (or max_*_pairs)")
+    if not isinstance(spec.test_fraction, float | int) or not 0 < spec.test_fraction < 1:
         raise _fail(where, f"test_fraction must be in (0, 1), got {spec.test_fraction}")
     for key in ("max_train_pairs", "max_test_pairs", "mixed_max_pairs_per_source"):
         value = getattr(spec, key)
@@ -192,8 +203,27 @@ def _validate(spec: ExperimentSpec) -> None:
     if not isinstance(spec.external, dict):
         raise _fail(where, "external must be a mapping name -> RewardBench-format file")
     _validate_bon(spec)
-    for method in spec.methods:  # every method's config must build (bad mode, alpha < 0, ...)
+    _validate_configs(spec)
+
+
+def _validate_configs(spec: ExperimentSpec) -> None:
+    """Every method's, dataset's and planned cell's HafConfig must build: a negative alpha in the
+    sweep fails when the file is read, not hours into the run."""
+    where = spec.source
+    for method in spec.methods:
         spec.cell_config(method, spec.seeds[0])
+    for name, ds in spec.datasets.items():  # every dataset's read options must build
+        try:
+            HafConfig.from_dict({**ds.options, "max_pairs_per_source": ds.max_pairs}, source=f"dataset {name!r}")
+        except ConfigError as e:
+            raise _fail(where, f"dataset {name!r}: {e}") from None
+    from hafrm.experiments.runner import _cell_config, plan_cells
+
+    for cell in plan_cells(spec):
+        try:
+            _cell_config(spec, cell)
+        except ConfigError as e:
+            raise _fail(where, f"cell {cell.id}: {e}") from None
 
 
 def _validate_bon(spec: ExperimentSpec) -> None:
@@ -203,6 +233,9 @@ def _validate_bon(spec: ExperimentSpec) -> None:
         return
     if not isinstance(spec.bon, dict):
         raise _fail(spec.source, "bon must be a mapping of Best-of-N fields (prompts, num_prompts, n, ...)")
+    own = sorted(set(spec.bon) & {"split_seed", "eval_fraction"})
+    if own:
+        raise _fail(spec.source, f"bon: {own} come from the experiment's split (split_seed, test_fraction)")
     unknown = sorted(set(spec.bon) - set(BonSpec.__dataclass_fields__))
     if unknown:
         raise _fail(
