@@ -13,7 +13,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 WAYS = ("eager", "compiled")
@@ -22,6 +21,7 @@ WAYS = ("eager", "compiled")
 def run_way(way: str, steps: int) -> dict:
     import torch
 
+    from hafrm.bench import step_times
     from hafrm.config import HafConfig
     from hafrm.data.tokenize import PairCollator, PairTokenizer, pair_features
     from hafrm.model import HybridRewardModel
@@ -40,13 +40,7 @@ def run_way(way: str, steps: int) -> dict:
     objective = HybridObjective(HafConfig())
     if way == "compiled":
         model.decoder().compile(dynamic=True)  # packed rows vary in length: one dynamic graph
-    times = []
-    for i in range(0, len(features), 8):
-        inputs = collate(features[i : i + 8])
-        start = time.perf_counter()
-        objective(model, inputs).loss.backward()
-        model.zero_grad()
-        times.append(time.perf_counter() - start)
+    times = step_times(model, objective, [collate(features[i : i + 8]) for i in range(0, len(features), 8)])
     return {"first_step_seconds": times[0], "seconds_per_step": sum(times[3:]) / len(times[3:]), "steps": len(times)}
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 
+from hafrm.bench import step_times
 from hafrm.config import HafConfig
 from hafrm.data.formats import DataOptions
 from hafrm.data.io import load_source
@@ -55,13 +55,7 @@ def main() -> None:
         features = pair_features(toks, torch.zeros(len(toks), 2) - 30.0)
         batches = [features[i : i + 8] for i in range(0, len(features), 8)]
         for how, collate in collators.items():
-            times = []
-            for batch in batches:
-                inputs = collate(batch)
-                start = time.perf_counter()
-                objective(model, inputs).loss.backward()
-                model.zero_grad()
-                times.append(time.perf_counter() - start)
+            times = step_times(model, objective, [collate(b) for b in batches])
             report[f"{name}/{how}"] = {
                 "seconds_per_step": sum(times[1:]) / len(times[1:]),
                 "real_tokens": sum(len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in features),

@@ -26,14 +26,26 @@ def test_picks_recall_and_win_rate_by_hand():
     assert bon.win_rate(picked, other, lambda i: judge[i]) == pytest.approx((0.0 + 0.5) / 2)
 
 
+def test_topk_recall_counts_a_tie_across_the_cut_by_its_chance():
+    grouped = [[0, 1, 2, 3]]
+    judge = [5.0, 2.0, 2.0, 2.0]  # the pick (1) shares 2nd place with two others
+    assert bon.topk_recall([1], judge, grouped, 1) == 0.0
+    assert bon.topk_recall([1], judge, grouped, 2) == pytest.approx(1 / 3)
+    assert bon.topk_recall([1], judge, grouped, 3) == pytest.approx(2 / 3)
+    assert bon.topk_recall([1], judge, grouped, 4) == 1.0
+    assert bon.topk_recall([0], judge, grouped, 1) == 1.0
+
+
 class _Judge(BaseHTTPRequestHandler):
-    mode = "content"  # "content": prefers the response with "good"; "first": always says A
+    mode = "content"  # "content": prefers the response with "good"; "first": always says A; "chat": prose
 
     def do_POST(self):  # noqa: N802 (http.server's name)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         text = body["messages"][0]["content"]
         a = text.split("[Response A]\n")[1].split("\n\n[Response B]")[0]
         answer = "A" if self.mode == "first" or "good" in a else "B"
+        if self.mode == "chat":
+            answer = "Both are fine."
         payload = json.dumps({"choices": [{"message": {"content": answer}}]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -60,7 +72,11 @@ def test_chat_judge_asks_both_orders(judge_server):
     assert judge.compare("q", "a bad one", "a good answer") == 0.0
     _Judge.mode = "first"  # a judge that always prefers the first position decides nothing
     assert judge.compare("q", "a good answer", "a bad one") == 0.5
+    _Judge.mode = "chat"  # a reply that is neither letter: a tie, counted
+    assert judge.compare("q", "a good answer", "a bad one") == 0.5
     _Judge.mode = "content"
+    assert judge.compare("q", "same", "same") == 0.5
+    assert judge.counts == {"comparisons": 5, "same_response": 1, "unparsed_replies": 2, "orders_disagree": 1}
 
 
 def test_chat_judge_unreachable_is_a_hafrm_error():
@@ -95,6 +111,7 @@ def test_bon_end_to_end_gold_and_judge_model(two_models, tiny_model_dir, tmp_pat
         assert m["top_k_recall"]["3"] == 1.0  # every pick is among a prompt's 3 candidates
     assert report["methods"]["haf"]["top_k_recall"]["1"] == 1.0  # the judge is the haf model itself
     assert set(report["win_rates"]["reward vs haf"]) == {"gold", "judge_model", "chat_judge"}
+    assert report["chat_judge"]["comparisons"] == 3 * 4  # three pairs of methods, four prompts each
     candidates = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
     assert sorted({c["temperature"] for c in candidates}) == [0.7, 1.2] and all("gold" in c for c in candidates)
     # a rerun reuses the candidates (no generation)

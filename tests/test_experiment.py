@@ -14,9 +14,11 @@ from hafrm.experiments.analysis import (
     accuracy_grid,
     calibration,
     checkpoint_selection,
+    comparisons,
     in_distribution,
     out_of_distribution,
     rewardbench_sections,
+    sign_test,
 )
 
 runner = CliRunner()
@@ -131,6 +133,39 @@ def test_hybrid_contributes_its_implicit_head_as_a_row():
     ind = in_distribution(accuracy_grid(cells), ["arith"])
     assert ind["hybrid"]["datasets"]["arith"]["mean"] == 0.5
     assert ind["hybrid (implicit)"]["datasets"]["arith"]["mean"] == 1.0
+
+
+def test_sign_test_by_hand():
+    assert sign_test(0, 0) == 1.0
+    assert sign_test(3, 0) == pytest.approx(2 / 8)  # P(all 3 one way) both tails
+    assert sign_test(1, 4) == pytest.approx(2 * (1 + 5) / 32)
+    assert sign_test(5, 5) == 1.0
+
+
+def test_comparisons_pair_seeds_and_test_pairs():
+    spec = _spec(seeds=[0, 1], datasets={"a": {"data": "builtin:arithmetic"}, "b": {"data": "builtin:facts"}})
+    right, wrong = _s([1], [0]), _s([0], [1])
+
+    def cell(method, mode, train, seed, on_a, on_b):
+        return _cell(method, mode, train, seed, {"a": on_a, "b": on_b})
+
+    cells = [
+        # hybrid: right everywhere but out of distribution on seed 1
+        cell("hybrid", "hybrid", "a", 0, right, right), cell("hybrid", "hybrid", "b", 0, right, right),
+        cell("hybrid", "hybrid", "a", 1, right, wrong), cell("hybrid", "hybrid", "b", 1, right, right),
+        # reward: wrong in distribution on seed 0 only, right out of it
+        cell("reward", "reward", "a", 0, wrong, right), cell("reward", "reward", "b", 0, right, wrong),
+        cell("reward", "reward", "a", 1, right, right), cell("reward", "reward", "b", 1, right, right),
+        cell("reward", "reward", "a", 2, right, right),  # a seed hybrid lacks: not paired
+    ]  # fmt: skip
+    out = comparisons(cells, spec)["hybrid vs reward"]
+    ind, ood = out["in_distribution"], out["out_of_distribution"]
+    assert ind["difference"]["values"] == [1.0, 0.0] and ind["seeds_won"] == 1 and ind["seeds"] == 2
+    assert ind["b"]["values"] == [0.0, 1.0]
+    assert (ind["pairs"], ind["pairs_only_a_right"], ind["pairs_only_b_right"]) == (4, 2, 0)
+    assert ood["difference"]["values"] == [0.0, -0.5] and ood["seeds_won"] == 0
+    assert (ood["pairs_only_a_right"], ood["pairs_only_b_right"]) == (0, 1)
+    assert ood["sign_test_p"] == 1.0
 
 
 def test_checkpoint_selection_picks_on_one_half_and_scores_the_other():

@@ -65,6 +65,17 @@ def matmul_peak_gflops(dtype: torch.dtype, sizes: tuple[int, ...] = (1024, 2048)
     return best
 
 
+def step_times(model: torch.nn.Module, objective: Any, batches: list[dict[str, Any]]) -> list[float]:
+    """Seconds of forward + backward for each collated batch (gradients cleared after each)."""
+    times = []
+    for inputs in batches:
+        start = time.perf_counter()
+        objective(model, inputs).loss.backward()
+        model.zero_grad()
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def matmul_params(model: torch.nn.Module) -> int:
     """Parameters in the per-token matmuls of 6N: all but the input embeddings (a lookup) and the LM head."""
     skip = {id(model.get_input_embeddings().weight)}

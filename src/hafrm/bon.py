@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -142,11 +143,13 @@ def picks(scores: Sequence[float], grouped: list[list[int]]) -> list[int]:
 
 
 def topk_recall(picked: Sequence[int], judge: Sequence[float], grouped: list[list[int]], k: int) -> float:
-    """Share of prompts whose pick is among the judge's k best candidates (ties ranked by index)."""
-    hits = 0
+    """Share of prompts whose pick is among the judge's k best candidates. A pick tied with others
+    across the k-th place counts by the chance a random order of the tie puts it inside."""
+    hits = 0.0
     for pick, g in zip(picked, grouped, strict=True):
-        ranked = sorted(g, key=lambda i: (-judge[i], i))
-        hits += pick in ranked[:k]
+        better = sum(judge[i] > judge[pick] for i in g)
+        tied = sum(judge[i] == judge[pick] for i in g)  # the pick included
+        hits += min(max(k - better, 0), tied) / tied
     return hits / len(grouped)
 
 
@@ -168,6 +171,8 @@ class ChatJudge:
     def __init__(self, url: str, model: str, api_key: str | None = None, timeout: float = 60.0):
         self.url = url.rstrip("/") + "/chat/completions"
         self.model, self.api_key, self.timeout = model, api_key, timeout
+        # every tie is counted by its cause and reported with the win rates
+        self.counts = {"comparisons": 0, "same_response": 0, "unparsed_replies": 0, "orders_disagree": 0}
 
     def _ask(self, prompt: str, a: str, b: str) -> str | None:
         body = {
@@ -185,17 +190,26 @@ class ChatJudge:
                 text = json.loads(resp.read())["choices"][0]["message"]["content"].strip().upper()
         except (urllib.error.URLError, KeyError, IndexError, ValueError, TimeoutError) as e:
             raise HafError(f"judge {self.url}: {type(e).__name__}: {e}") from None
-        return text[:1] if text[:1] in ("A", "B") else None
+        letter = re.match(r"[\s(\[*\"']*([AB])(?![A-Z])", text)  # "A", "(B)", "**A**", not "Both"
+        if letter:
+            return letter.group(1)
+        self.counts["unparsed_replies"] += 1
+        log.warning("judge %s: reply %r is neither A nor B; counted as a tie", self.url, text[:40])
+        return None
 
     def compare(self, prompt: str, x: str, y: str) -> float:
-        """1 if x wins in both orders, 0 if y does, 0.5 otherwise."""
+        """1 if x wins in both orders, 0 if y does, 0.5 otherwise (counted in `self.counts`)."""
+        self.counts["comparisons"] += 1
         if x == y:
+            self.counts["same_response"] += 1
             return 0.5
         first, second = self._ask(prompt, x, y), self._ask(prompt, y, x)
         if first == "A" and second == "B":
             return 1.0
         if first == "B" and second == "A":
             return 0.0
+        if first is not None and second is not None:
+            self.counts["orders_disagree"] += 1
         return 0.5
 
 
@@ -256,6 +270,8 @@ def run_bon(
             w["chat_judge"] = sum(verdicts) / len(verdicts)
         wins[f"{a} vs {b}"] = w
     report["win_rates"] = wins
+    if chat_judge is not None:
+        report["chat_judge"] = dict(chat_judge.counts)  # how many comparisons were ties, and why
     report["picks"] = {name: [records[i]["response"] for i in picked] for name, picked in chosen.items()}
     (out / "bon.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -77,6 +77,7 @@ def train(
     pku_safety_filter: bool | None = typer.Option(None, "--pku-safety-filter", help=H("pku_safety_filter")),
     cache_dir: str | None = typer.Option(None, help=H("cache_dir")),
     packing: bool | None = typer.Option(None, "--packing/--no-packing", help=H("packing")),
+    prefix_cache_mib: int | None = typer.Option(None, help=H("prefix_cache_mib")),
     resume: bool = typer.Option(False, "--resume", help=H("resume")),
 ) -> None:
     """Train a reward model. With no arguments: HaF on the built-in task, embedded SmolLM2."""

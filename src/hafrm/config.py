@@ -127,7 +127,12 @@ class HafConfig:
     )
     packing: bool = _f(True, "Pack each batch's sequences into rows without padding (block-causal attention).")
     pack_length: int = _f(1024, "Tokens per packed row (with --packing); a longer sequence gets its own row.")
-    cache_dir: str | None = _f(None, "Cache for models and reference log-probs (~/.cache/hafrm).")
+    prefix_cache_mib: int = _f(
+        4096,
+        "With freeze_layers > 0: memory for the frozen layers' output per sequence, computed once per data set "
+        "(and kept on disk), so each step runs only the layers above (0 = off; a larger set runs them every step).",
+    )
+    cache_dir: str | None = _f(None, "Cache for models, reference log-probs and frozen-prefix states (~/.cache/hafrm).")
     resume: bool = _f(False, "Resume from the last checkpoint in output_dir.")
 
     def __post_init__(self) -> None:
@@ -168,6 +173,8 @@ class HafConfig:
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "pack_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.prefix_cache_mib < 0:
+            raise ConfigError(f"prefix_cache_mib must be >= 0, got {self.prefix_cache_mib}")
         if self.freeze_layers < 0:
             raise ConfigError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
         if not 0 < self.eval_fraction < 1:

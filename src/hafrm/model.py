@@ -19,6 +19,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
+from hafrm.prefix import PrefixCache, cached_forward
+
 REWARD_HEAD_FILE = "reward_head.safetensors"
 HAFRM_CONFIG_FILE = "hafrm_config.json"
 
@@ -112,6 +114,7 @@ class HybridRewardModel(nn.Module):
         self.reward_head = reward_head.float()
         self.logprob_chunk_size = 512
         self.keep_logits_bytes = 512 * 2**20  # response logits kept for backward up to this; beyond, recomputed
+        self.prefix_cache: PrefixCache | None = None  # the frozen layers' output per sequence (hafrm.prefix)
 
     @property
     def config(self):
@@ -144,12 +147,17 @@ class HybridRewardModel(nn.Module):
             raise ValueError("packed rows need position_ids, seq_ends and segment_ids")
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
-        hidden = self.decoder()(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-        ).last_hidden_state  # (2B, T, H) or (R, L, H)
+        if self.prefix_cache is not None:  # the bottom layers' output read from the cache
+            hidden = cached_forward(
+                self.decoder(), self.prefix_cache, input_ids, attention_mask, position_ids, seq_ends, segment_ids
+            )
+        else:
+            hidden = self.decoder()(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+            ).last_hidden_state  # (2B, T, H) or (R, L, H)
         if packed:
             last = hidden[seq_ends[:, 0], seq_ends[:, 1]]
         else:

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +21,14 @@ from hafrm.baselines import shortcut_report
 from hafrm.config import SELECTION_METRICS, HafConfig
 from hafrm.data import builtin
 from hafrm.data.io import LoadReport, load_source, split_by_prompt, summary_line
-from hafrm.data.tokenize import PairCollator, PairTokenizer, TokenizeResult, pair_dataset, pair_features
+from hafrm.data.tokenize import PairCollator, PairTokenizer, TokenizeResult, pad_rows, pair_dataset, pair_features
 from hafrm.data.types import PreferencePair
 from hafrm.errors import ConfigError, DataError
 from hafrm.evaluate import EvalResult, evaluate_pairs
-from hafrm.model import HybridRewardModel
+from hafrm.model import HybridRewardModel, position_ids_from_mask
 from hafrm.models import cache_root, load_backbone
 from hafrm.precision import resolve_precision
+from hafrm.prefix import PrefixCache, fill, verify
 from hafrm.reference import model_fingerprint, reference_logps
 from hafrm.scoring import RewardModel
 from hafrm.trainer import HafTrainer
@@ -153,6 +155,33 @@ def _training_args(cfg: HafConfig, n_train: int, bf16: bool) -> TrainingArgument
     )
 
 
+def _prefix_cache(cfg: HafConfig, model: HybridRewardModel, toks: list[TokenizeResult], cache: Path, pad_id: int):
+    """Turn on the frozen-prefix cache (hafrm.prefix) when layers are frozen, after checking on
+    a real batch that the cached path equals the full forward, and fill it from disk or once."""
+    if cfg.freeze_layers <= 0 or cfg.prefix_cache_mib <= 0 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    hidden = model.config.get_text_config().hidden_size
+    sequences = [s for tok in toks for p in tok.pairs for s in (p.chosen_ids, p.rejected_ids)]
+    need = sum(len(s) for s in sequences) * hidden * 4
+    if need > cfg.prefix_cache_mib * 2**20:
+        log.warning("frozen-prefix cache off: %.0f MiB of states > prefix_cache_mib %d; the frozen layers run every "
+                    "step", need / 2**20, cfg.prefix_cache_mib)  # fmt: skip
+        return
+    model.prefix_cache = PrefixCache(cfg.freeze_layers, cfg.prefix_cache_mib * 2**20)
+    probe = pad_rows(sequences[:4], [0] * min(4, len(sequences)), pad_id)
+    mask = probe["attention_mask"]
+    diff = verify(model, probe["input_ids"], position_ids_from_mask(mask), mask)
+    if not diff <= 1e-3:
+        log.warning("frozen-prefix cache off: the cached path differs from the full forward by %.2g here", diff)
+        model.prefix_cache = None
+        return
+    fingerprint = model_fingerprint(model)
+    hits = [fill(model, [s for p in t.pairs for s in (p.chosen_ids, p.rejected_ids)], cache, fingerprint, pad_id,
+                 cfg.pack_length)[1] for t in toks]  # fmt: skip
+    log.info("frozen-prefix cache: %d sequences, %.0f MiB, %d of %d sets from disk", len(model.prefix_cache),
+             model.prefix_cache.bytes / 2**20, sum(hits), len(hits))  # fmt: skip
+
+
 def _references(cfg, model, train_tok, eval_toks, cache, pad_id) -> tuple[Any, list[Any], int]:
     """Reference log-probs for train (if the loss needs them) and every eval set (always, for the
     implicit head)."""
@@ -201,6 +230,7 @@ def train(cfg: HafConfig, extra_eval: dict[str, list[PreferencePair]] | None = N
         if not tok.pairs:
             raise DataError(f"extra eval set {name!r}: no pairs left after tokenisation")
     train_ref, refs, hits = _references(cfg, model, train_tok, [eval_tok, *extra_tok.values()], cache, pad_id)
+    _prefix_cache(cfg, model, [train_tok, eval_tok, *extra_tok.values()], cache, pad_id)
     eval_ref = refs[0]
     precision = resolve_precision(cfg.precision)
     meta = hafrm_meta(cfg, model_path, precision)

@@ -337,6 +337,79 @@ def best_of_n(cells: list[dict[str, Any]], candidates: list[dict[str, Any]]) -> 
     }
 
 
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact binomial p-value of `wins` against `losses` under a fair coin (1 if none)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    k = min(wins, losses)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
+def _correct(cells: list[dict[str, Any]]) -> tuple[dict, dict[str, str]]:
+    """row -> (train, test, seed) -> per-pair correctness (main cells), and each row's mode."""
+    out: dict = defaultdict(dict)
+    modes = {}
+    for cell in _by(cells, "main"):
+        for row, head in rows_of(cell):
+            c, r = HEAD_KEYS[head]
+            modes[row] = cell["mode"]
+            for test, scores in cell["scores"].items():
+                if c in scores and not test.startswith("external/"):
+                    out[row][(cell["cell"]["train"], test, cell["cell"]["seed"])] = pair_accuracy(scores[c], scores[r])
+    return out, modes
+
+
+def comparisons(cells: list[dict[str, Any]], spec: ExperimentSpec) -> dict[str, Any]:
+    """HaF's rows (hybrid-mode methods, both heads) against every other method, paired by seed.
+
+    Per seed: the difference of the average accuracy over datasets, in distribution (train set ==
+    test set) and out of it (every train != test); its mean ± std over the seeds both rows have, the
+    seeds HaF won, and each row's own seed spread. Per test pair (pooled over datasets and seeds):
+    the pairs only HaF got right against the pairs only the other got right, with a sign test's
+    p-value. The same test pairs recur across seeds, so that p-value is optimistic; the seed-level
+    difference is the one to quote."""
+    datasets = list(spec.datasets)
+    correct, modes = _correct(cells)
+    haf = [r for r, m in modes.items() if m == "hybrid"]
+    others = [r for r, m in modes.items() if m != "hybrid"]
+    out: dict[str, Any] = {}
+    for a in haf:
+        for b in others:
+            entry = {}
+            for where, same in (("in_distribution", True), ("out_of_distribution", False)):
+                keys = [
+                    k
+                    for k in correct[a]
+                    if k in correct[b] and (k[0] == k[1]) == same and k[0] in datasets and k[1] in datasets
+                ]
+                seeds = sorted({k[2] for k in keys})
+                per_seed = {}
+                for seed in seeds:
+                    ks = [k for k in keys if k[2] == seed]
+                    if where == "in_distribution" and len(ks) < len(datasets):
+                        continue  # a seed still missing a dataset would bias its average
+                    per_seed[seed] = (mean([mean(correct[a][k]) for k in ks]), mean([mean(correct[b][k]) for k in ks]))
+                if not per_seed:
+                    continue
+                wins = sum(x > y for k in keys for x, y in zip(correct[a][k], correct[b][k], strict=True))
+                losses = sum(x < y for k in keys for x, y in zip(correct[a][k], correct[b][k], strict=True))
+                entry[where] = {
+                    "difference": mean_std([x - y for x, y in per_seed.values()]),
+                    "a": mean_std([x for x, _ in per_seed.values()]),
+                    "b": mean_std([y for _, y in per_seed.values()]),
+                    "seeds_won": sum(x > y for x, y in per_seed.values()),
+                    "seeds": len(per_seed),
+                    "pairs": sum(len(correct[a][k]) for k in keys),
+                    "pairs_only_a_right": wins,
+                    "pairs_only_b_right": losses,
+                    "sign_test_p": sign_test(wins, losses),
+                }
+            if entry:
+                out[f"{a} vs {b}"] = entry
+    return out
+
+
 def budgets(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {
@@ -363,6 +436,7 @@ def analyse(
         "in_distribution": in_distribution(grid, datasets),
         "out_of_distribution": out_of_distribution(grid, spec),
         "mixed": mixed_vs_single(grid, datasets),
+        "comparisons": comparisons(cells, spec),
         "external": external(cells),
         "checkpoint_selection": checkpoint_selection(cells),
         "calibration": calibration(cells),

@@ -232,6 +232,16 @@ def tables(results: dict[str, Any]) -> list[Table]:
             for r, v in ood.items()
         ]  # fmt: skip
         out.append(("Out of distribution (Table 3)", header, rows))
+    if results.get("comparisons"):
+        rows = [
+            [pair, where.replace("_", " "), _fmt(v["a"]), _fmt(v["b"]), _fmt(v["difference"]),
+             f"{v['seeds_won']}/{v['seeds']}", f"{v['pairs_only_a_right']} / {v['pairs_only_b_right']}",
+             f"{v['sign_test_p']:.3g}"]
+            for pair, entry in results["comparisons"].items() for where, v in entry.items()
+        ]  # fmt: skip
+        header = ["HaF vs", "where", "HaF", "other", "difference", "seeds won", "pairs only HaF / only other right",
+                  "sign test p"]  # fmt: skip
+        out.append(("HaF against the other methods, paired by seed", header, rows))
     if results["mixed"]:
         rows = [
             [r, d, _fmt(v["mixed"]), _fmt(v["single"])] for r, per in results["mixed"].items() for d, v in per.items()

@@ -191,6 +191,7 @@ def _cell_setup(spec: ExperimentSpec, cell: Cell, out: Path) -> tuple[HafConfig,
     config = cfg.to_dict()
     for key in ("output_dir", "data", "eval_data"):  # paths under the output folder; their bytes are hashed
         config.pop(key)
+    config.pop("prefix_cache_mib")  # speed only: the cached path equals the full forward (checked each run)
     tests = [data_dir / f"{n}.test.jsonl" for n in spec.datasets]
     seen = (
         json.dumps(config, sort_keys=True)

@@ -1,0 +1,221 @@
+"""The frozen-prefix cache: hidden states after the frozen bottom layers, per token sequence.
+
+With `freeze_layers: N` the embeddings and the bottom N decoder layers never change, so their
+output for a given sequence is the same at every step, every evaluation and every run on the
+same model. hafrm computes it once per data set (saved on disk next to the reference
+log-probs), and each forward then runs only the layers above N, fed the cached states as
+`inputs_embeds`. Training costs the top layers' forward and backward; evaluation the top
+layers' forward. Results equal the full forward to float rounding; `verify` checks that on a
+real batch before the cache is used and turns it off (with a warning) for an architecture where
+it does not hold (e.g. one that rescales `inputs_embeds` inside its forward).
+
+It assumes the frozen layers are deterministic (no dropout in them, as in Llama, Qwen2, Mistral)
+and a single process (the swap of the decoder's layer list is not for sharded models).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+PREFIX_VERSION = "1"  # bump when what is cached changes
+
+
+class PrefixCache:
+    """Per-sequence hidden states after the bottom `n_layers` decoder layers, keyed by token ids."""
+
+    def __init__(self, n_layers: int, max_bytes: int = 4 * 2**30):
+        self.n_layers = n_layers
+        self.max_bytes = max_bytes
+        self.states: dict[bytes, Tensor] = {}
+        self.bytes = 0
+        self.hits = self.misses = self.skipped = 0  # skipped: not stored, the cache being full
+
+    @staticmethod
+    def key(ids: Tensor) -> bytes:
+        return ids.to(torch.int64).cpu().numpy().tobytes()
+
+    def get(self, ids: Tensor) -> Tensor | None:
+        return self.states.get(self.key(ids))
+
+    def put(self, ids: Tensor, states: Tensor) -> None:
+        key = self.key(ids)
+        if key in self.states:
+            return
+        size = states.numel() * states.element_size()
+        if self.bytes + size > self.max_bytes:
+            self.skipped += 1
+            return
+        self.states[key] = states.detach().clone()
+        self.bytes += size
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+
+@contextmanager
+def layer_slice(decoder: nn.Module, start: int, stop: int | None) -> Iterator[None]:
+    """Let `decoder` run only `layers[start:stop]` (its embeddings, rotary and norm unchanged)."""
+    full = decoder.layers
+    decoder.layers = nn.ModuleList(list(full)[start:stop])
+    try:
+        yield
+    finally:
+        decoder.layers = full
+
+
+def spans(
+    input_ids: Tensor, attention_mask: Tensor | None, seq_ends: Tensor | None, segment_ids: Tensor | None
+) -> list[tuple[int, int, int]]:
+    """(row, start, end) of every sequence in a padded (attention_mask) or packed batch."""
+    if attention_mask is None:
+        lengths = torch.stack([(segment_ids == i).sum() for i in range(seq_ends.shape[0])])
+        return [(int(r), int(c) + 1 - int(n), int(c) + 1) for (r, c), n in zip(seq_ends, lengths, strict=True)]
+    out = []
+    for row, mask in enumerate(attention_mask):
+        real = mask.nonzero().flatten()
+        out.append((row, int(real[0]), int(real[-1]) + 1))
+    return out
+
+
+def bottom_states(decoder: nn.Module, n_layers: int, **inputs: Tensor) -> Tensor:
+    """The output of decoder layer `n_layers - 1` for a batch (the final norm is not applied)."""
+    got: list[Tensor] = []
+
+    def hook(_module, _args, output):
+        got.append(output[0] if isinstance(output, tuple) else output)
+
+    with layer_slice(decoder, 0, n_layers):
+        handle = decoder.layers[n_layers - 1].register_forward_hook(hook)
+        try:
+            decoder(**inputs, use_cache=False)
+        finally:
+            handle.remove()
+    return got[0]
+
+
+def cached_forward(
+    decoder: nn.Module,
+    cache: PrefixCache,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    position_ids: Tensor,
+    seq_ends: Tensor | None = None,
+    segment_ids: Tensor | None = None,
+) -> Tensor:
+    """The decoder's last hidden states, with the bottom layers' output read from `cache` (and
+    computed for the sequences it lacks)."""
+    where = spans(input_ids, attention_mask, seq_ends, segment_ids)
+    found = [cache.get(input_ids[r, a:b]) for r, a, b in where]
+    missing = sum(s is None for s in found)
+    cache.hits += len(found) - missing
+    cache.misses += missing
+    if missing:
+        with torch.no_grad():
+            bottom = bottom_states(
+                decoder, cache.n_layers, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            )
+        for i, (r, a, b) in enumerate(where):
+            if found[i] is None:
+                found[i] = bottom[r, a:b]
+                cache.put(input_ids[r, a:b], found[i])
+    dtype = found[0].dtype
+    prefix = torch.zeros((*input_ids.shape, found[0].shape[-1]), dtype=dtype, device=input_ids.device)
+    for (r, a, b), s in zip(where, found, strict=True):
+        prefix[r, a:b] = s.to(prefix.device)
+    with layer_slice(decoder, cache.n_layers, None):
+        return decoder(
+            inputs_embeds=prefix, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+
+
+# on disk --------------------------------------------------------------------------------------
+def set_key(model_fingerprint: str, n_layers: int, sequences: Sequence[Sequence[int]]) -> str:
+    h = hashlib.blake2b(f"{model_fingerprint}:{n_layers}:{PREFIX_VERSION}".encode(), digest_size=16)
+    for s in sequences:
+        h.update(len(s).to_bytes(4, "little"))
+        h.update(torch.tensor(s, dtype=torch.int64).numpy().tobytes())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def fill(
+    model: nn.Module,
+    sequences: Sequence[Sequence[int]],
+    cache_dir: Path,
+    model_fingerprint: str,
+    pad_token_id: int,
+    pack_length: int = 1024,
+) -> tuple[Path, bool]:
+    """Put every sequence's bottom states into `model.prefix_cache`: from the set's file under
+    `cache_dir/prefix/` when it exists, else computed in packed batches and saved. Returns the
+    file and whether it was a hit."""
+    from hafrm.data.tokenize import pack_rows
+
+    cache: PrefixCache = model.prefix_cache
+    unique = list(dict.fromkeys(tuple(s) for s in sequences))
+    path = Path(cache_dir) / "prefix" / f"{set_key(model_fingerprint, cache.n_layers, unique)}.safetensors"
+    if path.is_file():
+        data = load_file(str(path))
+        states, offsets = data["states"], data["offsets"].tolist()
+        if len(offsets) == len(unique) + 1 and offsets[-1] == states.shape[0]:
+            for i, seq in enumerate(unique):
+                cache.put(torch.tensor(seq), states[offsets[i] : offsets[i + 1]])
+            return path, True
+        log.warning("prefix cache %s does not match its data set; recomputing", path)
+    was_training = model.training
+    model.eval()
+    decoder = model.decoder()
+    order = sorted(range(len(unique)), key=lambda i: len(unique[i]))
+    per_seq: list[Tensor | None] = [None] * len(unique)
+    batch: list[int] = []
+    used = 0
+
+    def flush() -> None:
+        seqs = [list(unique[i]) for i in batch]
+        packed = pack_rows(seqs, [0] * len(seqs), pad_token_id, pack_length)
+        bottom = bottom_states(
+            decoder, cache.n_layers, input_ids=packed["input_ids"].to(model.device), attention_mask=None,
+            position_ids=packed["position_ids"].to(model.device),
+        )  # fmt: skip
+        for j, i in enumerate(batch):
+            r, c = packed["seq_ends"][j].tolist()
+            per_seq[i] = bottom[r, c + 1 - len(unique[i]) : c + 1].float().cpu()
+
+    for i in order:
+        if batch and used + len(unique[i]) > 4 * pack_length:  # four packed rows a pass
+            flush()
+            batch, used = [], 0
+        batch.append(i)
+        used += len(unique[i])
+    if batch:
+        flush()
+    model.train(was_training)
+    states = torch.cat(per_seq)  # type: ignore[arg-type]
+    offsets = torch.tensor([0, *torch.cumsum(torch.tensor([len(s) for s in unique]), 0).tolist()])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"states": states.contiguous(), "offsets": offsets}, str(tmp))
+    tmp.replace(path)
+    for seq, s in zip(unique, per_seq, strict=True):
+        cache.put(torch.tensor(seq), s)
+    return path, False
+
+
+@torch.no_grad()
+def verify(model: nn.Module, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor) -> float:
+    """Largest difference between the full forward and the cached path on a batch (padded)."""
+    decoder = model.decoder()
+    full = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    probe = PrefixCache(model.prefix_cache.n_layers)
+    cached = cached_forward(decoder, probe, input_ids, attention_mask, position_ids)
+    real = attention_mask.bool()
+    return float((full.last_hidden_state[real] - cached[real]).abs().max())
