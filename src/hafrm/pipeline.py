@@ -158,7 +158,10 @@ def _training_args(cfg: HafConfig, n_train: int, bf16: bool) -> TrainingArgument
 def _prefix_cache(cfg: HafConfig, model: HybridRewardModel, toks: list[TokenizeResult], cache: Path, pad_id: int):
     """Turn on the frozen-prefix cache (hafrm.prefix) when layers are frozen, after checking on
     a real batch that the cached path equals the full forward, and fill it from disk or once."""
-    if cfg.freeze_layers <= 0 or cfg.prefix_cache_mib <= 0 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if cfg.freeze_layers <= 0 or cfg.prefix_cache_mib <= 0:
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or torch.cuda.device_count() > 1:  # one process, one device
+        log.warning("frozen-prefix cache off: it runs in a single process on one device")
         return
     hidden = model.config.get_text_config().hidden_size
     sequences = [s for tok in toks for p in tok.pairs for s in (p.chosen_ids, p.rejected_ids)]
