@@ -102,8 +102,9 @@ def test_training_with_the_cache_equals_training_without(tiny_model_dir, tmp_pat
         return train(cfg, save=False)
 
     with_cache, without = run(4096, "on"), run(0, "off")
-    assert with_cache.reward_model.model.prefix_cache is not None
-    assert without.reward_model.model.prefix_cache is None
+    assert with_cache.metrics["train/prefix_cache/hits"] > 0  # the frozen layers' output was read, not run
+    assert "train/prefix_cache/hits" not in without.metrics
+    assert with_cache.reward_model.model.prefix_cache is None  # dropped after training: scoring new text runs it all
     for key in ("eval/reward_head/accuracy", "eval/loss", "eval/reward_head/margin", "eval/logps/chosen"):
         assert with_cache.metrics[key] == pytest.approx(without.metrics[key], abs=1e-4), key
 
@@ -118,3 +119,35 @@ def test_pipeline_turns_the_cache_off_when_the_check_fails(tiny_model_dir, tmp_p
         result = pipeline.train(cfg, save=False)
     assert result.reward_model.model.prefix_cache is None
     assert "frozen-prefix cache off: the cached path differs" in caplog.text
+
+
+def test_top_layers_keep_their_own_attention_type(tokenizer):
+    """Qwen2 with sliding-window attention in its top layers only: the sliced layer list must
+    carry the top layers' types, or they would get the bottom layers' full-attention mask."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=4,
+                         max_window_layers=2, pad_token_id=2)  # fmt: skip
+    assert config.layer_types == ["full_attention"] * 2 + ["sliding_attention"] * 2
+    model = HybridRewardModel(Qwen2ForCausalLM(config).eval())
+    model.freeze_bottom(2)
+    model.prefix_cache = prefix.PrefixCache(2)
+    ids = torch.randint(3, len(tokenizer), (2, 12))
+    mask = torch.ones_like(ids)
+    assert prefix.verify(model, ids, torch.arange(12).expand(2, 12), mask) < 1e-5
+    assert config.layer_types[2:] == ["sliding_attention"] * 2 and len(config.layer_types) == 4  # restored
+
+
+def test_cache_is_refused_for_dropout_resume_and_several_processes(tokenizer, monkeypatch):
+    from hafrm.pipeline import prefix_blocker
+
+    model = _model("llama", tokenizer)
+    assert prefix_blocker(HafConfig(), model) is None
+    assert "resumed" in prefix_blocker(HafConfig(resume=True), model)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert "single process" in prefix_blocker(HafConfig(), model)
+    monkeypatch.delenv("WORLD_SIZE")
+    model.config.attention_dropout = 0.1
+    assert "dropout ({'attention_dropout': 0.1})" in prefix_blocker(HafConfig(), model)

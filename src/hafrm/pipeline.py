@@ -155,13 +155,33 @@ def _training_args(cfg: HafConfig, n_train: int, bf16: bool) -> TrainingArgument
     )
 
 
-def _prefix_cache(cfg: HafConfig, model: HybridRewardModel, toks: list[TokenizeResult], cache: Path, pad_id: int):
+def _autocast(precision: str, device: torch.device):
+    return torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
+
+
+def prefix_blocker(cfg: HafConfig, model: HybridRewardModel) -> str | None:
+    """Why the frozen-prefix cache cannot be used for this run, or None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or torch.cuda.device_count() > 1:
+        return "it runs in a single process on one device"
+    if cfg.resume:
+        return "a resumed run's frozen layers come from its checkpoint, loaded later"
+    text_config = model.config.get_text_config()
+    dropout = {k: v for k, v in text_config.to_dict().items() if ("dropout" in k or "pdrop" in k) and v}
+    if dropout:
+        return f"the model has dropout ({dropout}), so its frozen layers are not deterministic in training"
+    return None
+
+
+def _prefix_cache(
+    cfg: HafConfig, model: HybridRewardModel, toks: list[TokenizeResult], cache: Path, pad_id: int, precision: str
+) -> None:
     """Turn on the frozen-prefix cache (hafrm.prefix) when layers are frozen, after checking on
     a real batch that the cached path equals the full forward, and fill it from disk or once."""
     if cfg.freeze_layers <= 0 or cfg.prefix_cache_mib <= 0:
         return
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or torch.cuda.device_count() > 1:  # one process, one device
-        log.warning("frozen-prefix cache off: it runs in a single process on one device")
+    why = prefix_blocker(cfg, model)
+    if why:
+        log.warning("frozen-prefix cache off: %s", why)
         return
     hidden = model.config.get_text_config().hidden_size
     sequences = [s for tok in toks for p in tok.pairs for s in (p.chosen_ids, p.rejected_ids)]
@@ -171,16 +191,18 @@ def _prefix_cache(cfg: HafConfig, model: HybridRewardModel, toks: list[TokenizeR
                     "step", need / 2**20, cfg.prefix_cache_mib)  # fmt: skip
         return
     model.prefix_cache = PrefixCache(cfg.freeze_layers, cfg.prefix_cache_mib * 2**20)
-    probe = pad_rows(sequences[:4], [0] * min(4, len(sequences)), pad_id)
+    longest = sorted(sequences, key=len)[-4:]  # the longest: a sliding window or long-range rope shows there
+    probe = pad_rows(longest, [0] * len(longest), pad_id)
     mask = probe["attention_mask"]
-    diff = verify(model, probe["input_ids"], position_ids_from_mask(mask), mask)
-    if not diff <= 1e-3:
-        log.warning("frozen-prefix cache off: the cached path differs from the full forward by %.2g here", diff)
-        model.prefix_cache = None
-        return
-    fingerprint = model_fingerprint(model)
-    hits = [fill(model, [s for p in t.pairs for s in (p.chosen_ids, p.rejected_ids)], cache, fingerprint, pad_id,
-                 cfg.pack_length)[1] for t in toks]  # fmt: skip
+    with _autocast(precision, model.device):  # the bottom layers at the precision training runs them in
+        diff = verify(model, probe["input_ids"], position_ids_from_mask(mask), mask)
+        if not diff <= 1e-3:
+            log.warning("frozen-prefix cache off: the cached path differs from the full forward by %.2g here", diff)
+            model.prefix_cache = None
+            return
+        fingerprint = model_fingerprint(model) + (":bf16" if precision == "bf16" else "")
+        hits = [fill(model, [s for p in t.pairs for s in (p.chosen_ids, p.rejected_ids)], cache, fingerprint, pad_id,
+                     cfg.pack_length)[1] for t in toks]  # fmt: skip
     log.info("frozen-prefix cache: %d sequences, %.0f MiB, %d of %d sets from disk", len(model.prefix_cache),
              model.prefix_cache.bytes / 2**20, sum(hits), len(hits))  # fmt: skip
 
@@ -233,9 +255,9 @@ def train(cfg: HafConfig, extra_eval: dict[str, list[PreferencePair]] | None = N
         if not tok.pairs:
             raise DataError(f"extra eval set {name!r}: no pairs left after tokenisation")
     train_ref, refs, hits = _references(cfg, model, train_tok, [eval_tok, *extra_tok.values()], cache, pad_id)
-    _prefix_cache(cfg, model, [train_tok, eval_tok, *extra_tok.values()], cache, pad_id)
     eval_ref = refs[0]
     precision = resolve_precision(cfg.precision)
+    _prefix_cache(cfg, model, [train_tok, eval_tok, *extra_tok.values()], cache, pad_id, precision)
     meta = hafrm_meta(cfg, model_path, precision)
     eval_features = pair_features(eval_tok.pairs, eval_ref)
     trainer = HafTrainer(
@@ -269,6 +291,10 @@ def train(cfg: HafConfig, extra_eval: dict[str, list[PreferencePair]] | None = N
     metrics["train/steps"] = float(trainer.state.global_step)
     metrics["train/selected_step"] = float(trainer.selected_step)
     metrics["train/seconds"] = time.time() - start
+    if model.prefix_cache is not None:  # how often the frozen layers' output was read, not computed
+        pc = model.prefix_cache
+        metrics |= {"train/prefix_cache/hits": float(pc.hits), "train/prefix_cache/misses": float(pc.misses)}
+        model.prefix_cache = None  # a scorer of new text would only fill it
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

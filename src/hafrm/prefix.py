@@ -54,7 +54,7 @@ class PrefixCache:
         if self.bytes + size > self.max_bytes:
             self.skipped += 1
             return
-        self.states[key] = states.detach().clone()
+        self.states[key] = states.detach().to("cpu", copy=True)  # host memory; moved per batch
         self.bytes += size
 
     def __len__(self) -> int:
@@ -63,13 +63,21 @@ class PrefixCache:
 
 @contextmanager
 def layer_slice(decoder: nn.Module, start: int, stop: int | None) -> Iterator[None]:
-    """Let `decoder` run only `layers[start:stop]` (its embeddings, rotary and norm unchanged)."""
+    """Let `decoder` run only `layers[start:stop]` (its embeddings, rotary and norm unchanged).
+    A config's per-layer `layer_types` (sliding or full attention, read by position in the loop
+    of Qwen2, Gemma2 and others) is sliced the same way."""
     full = decoder.layers
+    config = getattr(decoder, "config", None)
+    types = getattr(config, "layer_types", None)
     decoder.layers = nn.ModuleList(list(full)[start:stop])
+    if isinstance(types, list) and len(types) == len(full):
+        config.layer_types = types[start:stop]
     try:
         yield
     finally:
         decoder.layers = full
+        if isinstance(types, list) and len(types) == len(full):
+            config.layer_types = types
 
 
 def spans(
@@ -158,8 +166,6 @@ def fill(
     """Put every sequence's bottom states into `model.prefix_cache`: from the set's file under
     `cache_dir/prefix/` when it exists, else computed in packed batches and saved. Returns the
     file and whether it was a hit."""
-    from hafrm.data.tokenize import pack_rows
-
     cache: PrefixCache = model.prefix_cache
     unique = list(dict.fromkeys(tuple(s) for s in sequences))
     path = Path(cache_dir) / "prefix" / f"{set_key(model_fingerprint, cache.n_layers, unique)}.safetensors"
@@ -173,6 +179,25 @@ def fill(
         log.warning("prefix cache %s does not match its data set; recomputing", path)
     was_training = model.training
     model.eval()
+    try:
+        states, offsets, per_seq = _compute_set(model, cache, unique, pad_token_id, pack_length)
+    finally:
+        model.train(was_training)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"states": states.contiguous(), "offsets": offsets}, str(tmp))
+    tmp.replace(path)
+    for seq, s in zip(unique, per_seq, strict=True):
+        cache.put(torch.tensor(seq), s)
+    return path, False
+
+
+def _compute_set(
+    model: nn.Module, cache: PrefixCache, unique: list[tuple[int, ...]], pad_token_id: int, pack_length: int
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """Every sequence's bottom states, in packed passes of four rows (shortest first)."""
+    from hafrm.data.tokenize import pack_rows
+
     decoder = model.decoder()
     order = sorted(range(len(unique)), key=lambda i: len(unique[i]))
     per_seq: list[Tensor | None] = [None] * len(unique)
@@ -198,16 +223,9 @@ def fill(
         used += len(unique[i])
     if batch:
         flush()
-    model.train(was_training)
     states = torch.cat(per_seq)  # type: ignore[arg-type]
     offsets = torch.tensor([0, *torch.cumsum(torch.tensor([len(s) for s in unique]), 0).tolist()])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"states": states.contiguous(), "offsets": offsets}, str(tmp))
-    tmp.replace(path)
-    for seq, s in zip(unique, per_seq, strict=True):
-        cache.put(torch.tensor(seq), s)
-    return path, False
+    return states, offsets, per_seq  # type: ignore[return-value]
 
 
 @torch.no_grad()

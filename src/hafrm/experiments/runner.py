@@ -301,6 +301,7 @@ def run_experiment(spec: ExperimentSpec, out: Path, log_line: Callable[[str], No
     cells = plan_cells(spec)
     candidates = bon_candidates(spec, out, log_line)
     run = RunSummary()
+    seconds: list[float] = []  # of the cells run now, for the time left
     for n, cell in enumerate(cells, 1):
         try:
             cfg, other_tests, fingerprint = _cell_setup(spec, cell, out)
@@ -329,7 +330,11 @@ def run_experiment(spec: ExperimentSpec, out: Path, log_line: Callable[[str], No
         tmp.write_text(json.dumps(record) + "\n")
         tmp.replace(done)  # atomic: a killed run never leaves a half-written cell
         run.done.append(cell.id)
-        log_line(f"  {record['train_pairs']} pairs, {record['steps']} steps, {record['seconds']:.0f} s")
+        seconds.append(record["seconds"])
+        left = len(cells) - n  # an upper bound: some of them may be finished already
+        per = sum(seconds) / len(seconds)
+        eta = f"; at {per / 60:.1f} min a cell, at most {left * per / 3600:.1f} h for the {left} left" if left else ""
+        log_line(f"  {record['train_pairs']} pairs, {record['steps']} steps, {record['seconds']:.0f} s{eta}")
     return run
 
 
