@@ -12,6 +12,7 @@ from hafrm.experiments import parse_experiment, plan_cells
 from hafrm.experiments.analysis import (
     REWARDBENCH_SECTIONS,
     accuracy_grid,
+    best_of_n,
     calibration,
     checkpoint_selection,
     comparisons,
@@ -66,6 +67,7 @@ def test_plan_is_methods_by_datasets_by_seeds_plus_mixed_and_sweep():
         ({"alpha_sweep": {"dataset": "arith", "alphas": [0], "schedules": ["zigzag"]}}, "['zigzag'] unknown"),
         ({"bon": {"prompts": "builtin", "samples": 3}}, "bon: unknown field(s) ['samples']"),
         ({"bon": {"prompts": "builtin", "split_seed": 3}}, "come from the experiment's split"),
+        ({"bon": {"prompts": "builtin", "judge": "/nope"}}, "judge '/nope' is not a model folder"),
         ({"train": {"on_error": "skip"}}, "data options go on each dataset"),
         ({"methods": {"haf": "hybrid"}}, "give a mapping of HafConfig fields"),
         ({"alpha_sweep": {"dataset": "arith", "alphas": [-1]}}, "cell hybrid@alpha=-1--arith--s0"),
@@ -168,6 +170,28 @@ def test_comparisons_pair_seeds_and_test_pairs():
     assert ood["sign_test_p"] == 1.0
 
 
+def test_best_of_n_with_a_judge_by_hand():
+    # two prompts, two candidates each; the judge prefers candidate 1 then candidate 2
+    candidates = [{"prompt_index": 0, "judge": 0.0}, {"prompt_index": 0, "judge": 1.0},
+                  {"prompt_index": 1, "judge": 3.0}, {"prompt_index": 1, "judge": 2.0}]  # fmt: skip
+
+    def cell(method, mode, seed, picks_scores):
+        c = _cell(method, mode, "a", seed, {})
+        c["bon"] = {c["inference_head"]: picks_scores}
+        return c
+
+    cells = [
+        cell("reward", "reward", 0, [0, 1, 1, 0]),  # picks 1 and 2: both the judge's
+        cell("dpo", "dpo", 0, [1, 0, 0, 1]),  # picks 0 and 3: neither
+        cell("dpo", "dpo", 1, [1, 0, 1, 0]),  # picks 0 and 2 (no reward cell with seed 1 to pair)
+    ]
+    j = best_of_n(cells, candidates)["judge"]
+    assert j["candidates_mean"] == 1.5 and j["oracle"] == 2.0
+    assert j["score"]["reward"]["mean"] == 2.0 and j["score"]["dpo"]["values"] == [1.0, 1.5]
+    assert j["top_k_recall"]["dpo"]["1"]["values"] == [0.0, 0.5]
+    assert j["win_rates"] == {"reward vs dpo": {"mean": 1.0, "std": 0.0, "n": 1, "values": [1.0]}}
+
+
 def test_checkpoint_selection_picks_on_one_half_and_scores_the_other():
     # step 1 is right on even pairs, step 2 on odd pairs; step 2 has the larger chosen reward
     h1 = {"step": 1, "scores": {"a": _s([1, 0, 1, 0], [0, 1, 0, 1])}}
@@ -264,6 +288,25 @@ def test_experiment_end_to_end_tiny_model_resumes(tiny_model_dir, tmp_path):
     # a rerun reuses every cell; a changed budget re-runs every cell
     again = runner.invoke(app, ["experiment", "--config", str(cfg), "--output-dir", str(out)])
     assert again.exit_code == 0 and "0 cells run, 11 reused" in again.output
+    # a judge model for Best-of-N: every cell is kept (a cell never sees the judge), the judge scores
+    # the candidates once, and the report gains its score, top-k recall and win rates
+    from hafrm.config import HafConfig
+    from hafrm.pipeline import train
+
+    judge = tmp_path / "judge"
+    train(HafConfig(model=str(tiny_model_dir), freeze_layers=0, builtin_pairs=24, per_device_train_batch_size=4,
+                    max_steps=2, output_dir=str(judge)))  # fmt: skip
+    spec = json.loads(cfg.read_text())
+    spec["bon"]["judge"] = str(judge)
+    cfg.write_text(json.dumps(spec))
+    judged = runner.invoke(app, ["experiment", "--config", str(cfg), "--output-dir", str(out)])
+    assert judged.exit_code == 0 and "0 cells run, 11 reused" in judged.output, judged.output
+    j = json.loads((out / "results.json").read_text())["best_of_n"]["judge"]
+    assert set(j["score"]) == {"reward", "dpo", "hybrid", "hybrid (implicit)"} and j["score"]["dpo"]["n"] == 3
+    assert j["oracle"] >= j["score"]["hybrid"]["mean"] and j["top_k_recall"]["hybrid"]["2"]["mean"] == 1.0  # n = 2
+    assert j["win_rates"]["dpo vs reward"]["n"] == 3  # paired by training set and seed: arith, facts, mixed
+    assert "(judge model)" in (out / "results.md").read_text()
+    assert json.loads((out / "bon" / "judge.json").read_text())["judge"] == str(judge)
     # a cell the current plan does not have (a seed since removed) is left out of the analysis
     stale = out / "cells" / "reward--arith--s9"
     stale.mkdir()

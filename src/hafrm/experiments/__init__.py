@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hafrm.experiments.analysis import analyse
-from hafrm.experiments.runner import RunSummary, load_cells, plan_cells, run_experiment
+from hafrm.experiments.runner import RunSummary, load_candidates, load_cells, plan_cells, run_experiment
 from hafrm.experiments.spec import ExperimentSpec, load_experiment, parse_experiment
 
 __all__ = [
@@ -28,8 +28,7 @@ def write_results(spec: ExperimentSpec, out: Path, extra: dict[str, Any] | None 
     from hafrm.experiments.report import write_report
 
     cells, stale = load_cells(out, spec)
-    path = out / "bon" / "candidates.jsonl"
-    candidates = [json.loads(line) for line in path.read_text().splitlines()] if spec.bon and path.is_file() else []
+    candidates = load_candidates(spec, out)
     results = analyse(cells, spec, candidates) | {"cells_left_out_stale": stale} | (extra or {})
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_report(results, cells, out)

@@ -314,27 +314,70 @@ def alpha_sweep(cells: list[dict[str, Any]], spec: ExperimentSpec) -> dict[str, 
 
 
 def best_of_n(cells: list[dict[str, Any]], candidates: list[dict[str, Any]]) -> dict[str, Any]:
-    """Share of gold-correct picks per row (mean ± std over the main cells), with the candidates'
-    own rate (a random pick's expectation) and the oracle's (any candidate correct)."""
-    from hafrm.bon import groups, picks
+    """Each row's Best-of-N picks judged, mean ± std over the row's cells (main and mixed).
 
-    if not candidates or not all("gold" in c for c in candidates):
+    With gold labels (the built-in task): the share of picks the verifier accepts, beside the
+    candidates' own rate (a random pick's expectation) and the oracle's (any candidate correct).
+    With a judge model's scores: the judge's mean score of the picks, top-k recall against the
+    judge's ranking, and win rates between rows, paired by training set and seed."""
+    from hafrm.bon import groups, picks, topk_recall
+
+    if not candidates:
+        return {}
+    gold = all("gold" in c for c in candidates)
+    judge = [c["judge"] for c in candidates] if all("judge" in c for c in candidates) else None
+    if not gold and judge is None:
         return {}
     grouped = groups(candidates)
     rates: dict = defaultdict(list)
+    judged: dict = defaultdict(list)
+    recall: dict = defaultdict(lambda: defaultdict(list))
+    picked_by: dict = defaultdict(dict)  # row -> (train, seed) -> picks
     for cell in _by(cells, "main") + _by(cells, "mixed"):
         for row, head in rows_of(cell):
             scores = cell.get("bon", {}).get(head)
-            if scores:
-                picked = picks(scores, grouped)
+            if not scores:
+                continue
+            picked = picks(scores, grouped)
+            picked_by[row][(cell["cell"]["train"], cell["cell"]["seed"])] = picked
+            if gold:
                 rates[row].append(mean([float(candidates[i]["gold"]) for i in picked]))
-    return {
-        "prompts": len(grouped),
-        "candidates_per_prompt": len(candidates) / len(grouped),
-        "candidates_correct": mean([float(c["gold"]) for c in candidates]),
-        "oracle": mean([float(any(candidates[i]["gold"] for i in g)) for g in grouped]),
-        "gold_correct": {row: mean_std(v) for row, v in rates.items()},
-    }
+            if judge is not None:
+                judged[row].append(mean([judge[i] for i in picked]))
+                for k in (1, 2, 3):
+                    recall[row][str(k)].append(topk_recall(picked, judge, grouped, k))
+    out: dict[str, Any] = {"prompts": len(grouped), "candidates_per_prompt": len(candidates) / len(grouped)}
+    if gold:
+        out |= {
+            "candidates_correct": mean([float(c["gold"]) for c in candidates]),
+            "oracle": mean([float(any(candidates[i]["gold"] for i in g)) for g in grouped]),
+            "gold_correct": {row: mean_std(v) for row, v in rates.items()},
+        }
+    if judge is not None:
+        out["judge"] = {
+            "candidates_mean": mean(judge),
+            "oracle": mean([max(judge[i] for i in g) for g in grouped]),
+            "score": {row: mean_std(v) for row, v in judged.items()},
+            "top_k_recall": {row: {k: mean_std(v) for k, v in ks.items()} for row, ks in recall.items()},
+            "win_rates": _paired_win_rates(picked_by, judge),
+        }
+    return out
+
+
+def _paired_win_rates(picked_by: dict[str, dict], judge: list[float]) -> dict[str, Any]:
+    """How often row A's pick scores above row B's by the judge (a tie half), per cell pairing
+    the two rows by training set and seed; mean ± std over those cells."""
+    from hafrm.bon import win_rate
+
+    wins = {}
+    rows = list(picked_by)
+    for i, a in enumerate(rows):
+        for b in rows[i + 1 :]:
+            both = sorted(set(picked_by[a]) & set(picked_by[b]))
+            if both:
+                values = [win_rate(picked_by[a][k], picked_by[b][k], lambda j: judge[j]) for k in both]
+                wins[f"{a} vs {b}"] = mean_std(values)
+    return wins
 
 
 def sign_test(wins: int, losses: int) -> float:

@@ -169,7 +169,9 @@ def fig_selection(results: dict[str, Any], out: Path) -> Path | None:
 
 def fig_bon(results: dict[str, Any], out: Path) -> Path | None:
     bon = results.get("best_of_n")
-    if not bon or not bon["gold_correct"]:
+    if bon and bon.get("judge") and not bon.get("gold_correct"):
+        return _fig_bon_judge(bon, out)
+    if not bon or not bon.get("gold_correct"):
         return None
     rows = list(bon["gold_correct"])
     fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.2))
@@ -179,6 +181,21 @@ def fig_bon(results: dict[str, Any], out: Path) -> Path | None:
     ax.axhline(bon["oracle"], color="black", ls=":", lw=0.8, label="oracle")
     ax.set_ylim(0, 1)
     ax.set_ylabel("picks correct (gold verifier)")
+    ax.tick_params(axis="x", labelsize=8, rotation=15)
+    ax.legend(fontsize=7)
+    ax.set_title(f"Best-of-{bon['candidates_per_prompt']:g}", fontsize=9)
+    return _save(fig, out / "best_of_n.png")
+
+
+def _fig_bon_judge(bon: dict[str, Any], out: Path) -> Path:
+    j = bon["judge"]
+    rows = list(j["score"])
+    fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.2))
+    vals = [j["score"][r] for r in rows]
+    ax.bar(rows, [v["mean"] for v in vals], yerr=[v["std"] for v in vals], capsize=3)
+    ax.axhline(j["candidates_mean"], color="grey", ls="--", lw=0.8, label="random pick")
+    ax.axhline(j["oracle"], color="black", ls=":", lw=0.8, label="the judge's pick")
+    ax.set_ylabel("judge score of the pick")
     ax.tick_params(axis="x", labelsize=8, rotation=15)
     ax.legend(fontsize=7)
     ax.set_title(f"Best-of-{bon['candidates_per_prompt']:g}", fontsize=9)
@@ -212,6 +229,28 @@ def _img(path: Path | None) -> str:
 
 
 Table = tuple[str, list[str], list[list[str]]]  # title ("" = under the previous one), header, rows
+
+
+def _bon_tables(bon: dict[str, Any]) -> list[Table]:
+    out: list[Table] = []
+    if "gold_correct" in bon:
+        rows = [[r, _fmt(v)] for r, v in bon["gold_correct"].items()]
+        rows += [["(a random pick: the candidates' rate)", _fmt(bon["candidates_correct"])],
+                 ["(oracle: any candidate correct)", _fmt(bon["oracle"])]]  # fmt: skip
+        title = f"Best-of-{bon['candidates_per_prompt']:g} on {bon['prompts']} held-out prompts (gold verifier)"
+        out.append((title, ["method", "picks correct"], rows))
+    if "judge" in bon:
+        j = bon["judge"]
+        ks = sorted({k for v in j["top_k_recall"].values() for k in v})
+        rows = [[r, _fmt(v), *[_fmt(j["top_k_recall"].get(r, {}).get(k)) for k in ks]] for r, v in j["score"].items()]
+        rows += [["(a random pick: the candidates' mean)", _fmt(j["candidates_mean"]), *["–"] * len(ks)],
+                 ["(oracle: the judge's own pick)", _fmt(j["oracle"]), *["–"] * len(ks)]]  # fmt: skip
+        title = f"Best-of-{bon['candidates_per_prompt']:g} on {bon['prompts']} held-out prompts (judge model)"
+        out.append((title, ["method", "judge score of the pick", *[f"top-{k} recall" for k in ks]], rows))
+        if j["win_rates"]:
+            rows = [[pair, _fmt(v)] for pair, v in j["win_rates"].items()]
+            out.append(("", ["A vs B (same training set and seed)", "A's pick wins by the judge"], rows))
+    return out
 
 
 def tables(results: dict[str, Any]) -> list[Table]:
@@ -267,13 +306,7 @@ def tables(results: dict[str, Any]) -> list[Table]:
         rows = [[a, _fmt(v.get("reward")), _fmt(v.get("implicit"))] for a, v in sw["alphas"].items()]
         rows += [[s, _fmt(v.get("reward")), _fmt(v.get("implicit"))] for s, v in sw.get("schedules", {}).items()]
         out.append((f"alpha sweep ({sw['dataset']})", ["alpha", "reward head", "implicit"], rows))
-    bon = results.get("best_of_n")
-    if bon:
-        rows = [[r, _fmt(v)] for r, v in bon["gold_correct"].items()]
-        rows += [["(a random pick: the candidates' rate)", _fmt(bon["candidates_correct"])],
-                 ["(oracle: any candidate correct)", _fmt(bon["oracle"])]]  # fmt: skip
-        title = f"Best-of-{bon['candidates_per_prompt']:g} on {bon['prompts']} held-out prompts (gold verifier)"
-        out.append((title, ["method", "picks correct"], rows))
+    out += _bon_tables(results.get("best_of_n") or {})
     budget = [[b["cell"], str(b["train_pairs"]), str(b["steps"]), f"{b['seconds']:.0f}"] for b in results["budgets"]]
     out.append(("Budget per cell", ["cell", "train pairs", "steps", "seconds"], budget))
     return out

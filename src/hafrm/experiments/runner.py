@@ -193,10 +193,13 @@ def _cell_setup(spec: ExperimentSpec, cell: Cell, out: Path) -> tuple[HafConfig,
         config.pop(key)
     config.pop("prefix_cache_mib")  # speed only: the cached path equals the full forward (checked each run)
     tests = [data_dir / f"{n}.test.jsonl" for n in spec.datasets]
+    bon_fields = (
+        {k: v for k, v in spec.bon.items() if k != "judge"} if spec.bon else spec.bon
+    )  # a cell never sees the judge
     seen = (
         json.dumps(config, sort_keys=True)
         + _file_hash(train_files + tests)
-        + json.dumps([spec.external, spec.bon, spec.keep_models, cell.train], sort_keys=True)
+        + json.dumps([spec.external, bon_fields, spec.keep_models, cell.train], sort_keys=True)
         + _file_hash([Path(p) for p in spec.external.values() if Path(p).is_file()])
     )
     fingerprint = hashlib.blake2b(seen.encode(), digest_size=12).hexdigest()
@@ -225,8 +228,47 @@ def bon_candidates(spec: ExperimentSpec, out: Path, log_line: Callable[[str], No
     if not spec.bon:
         return []
     # prompts from the held-out side of the experiment's own split: never a training prompt
-    bon = BonSpec(**{"split_seed": spec.split_seed, "eval_fraction": spec.test_fraction, **spec.bon})
-    return load_or_generate(bon, out / "bon", log_line)
+    fields = {k: v for k, v in spec.bon.items() if k != "judge"}
+    bon = BonSpec(**{"split_seed": spec.split_seed, "eval_fraction": spec.test_fraction, **fields})
+    candidates = load_or_generate(bon, out / "bon", log_line)
+    if spec.bon.get("judge"):
+        scores = judge_scores(Path(spec.bon["judge"]), candidates, out / "bon", log_line)
+        candidates = [c | {"judge": s} for c, s in zip(candidates, scores, strict=True)]
+    return candidates
+
+
+def judge_scores(judge: Path, candidates: list[dict[str, Any]], out: Path, log_line=print) -> list[float]:
+    """The judge model's score of every candidate, kept in `out/judge.json` (rescored when the
+    candidates or the judge's weights change)."""
+    from hafrm.scoring import load
+
+    key = hashlib.blake2b(digest_size=12)
+    key.update(json.dumps([[c["prompt"], c["response"]] for c in candidates]).encode())
+    for f in sorted(judge.glob("*.safetensors")):
+        key.update(f.name.encode() + f.read_bytes())
+    path = out / "judge.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key.hexdigest():
+            return saved["scores"]
+    scores = load(judge).score_batch([c["prompt"] for c in candidates], [c["response"] for c in candidates])
+    path.write_text(json.dumps({"judge": str(judge), "key": key.hexdigest(), "scores": scores}) + "\n")
+    log_line(f"judge {judge} scored {len(candidates)} candidates")
+    return scores
+
+
+def load_candidates(spec: ExperimentSpec, out: Path) -> list[dict[str, Any]]:
+    """The Best-of-N candidates of a run folder (with the judge's scores when it has them)."""
+    path = out / "bon" / "candidates.jsonl"
+    if not spec.bon or not path.is_file():
+        return []
+    candidates = [json.loads(line) for line in path.read_text().splitlines()]
+    judge = out / "bon" / "judge.json"
+    if spec.bon.get("judge") and judge.is_file():
+        scores = json.loads(judge.read_text())["scores"]
+        if len(scores) == len(candidates):
+            candidates = [c | {"judge": s} for c, s in zip(candidates, scores, strict=True)]
+    return candidates
 
 
 def run_cell(

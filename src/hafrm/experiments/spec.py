@@ -69,6 +69,7 @@ class ExperimentSpec:
     alpha_sweep: AlphaSweep | None = None
     evals_per_run: int = 4
     bon: dict[str, Any] | None = None  # Best-of-N in every cell: hafrm.bon.BonSpec fields (prompts, n, ...)
+    # and optionally `judge`: a saved hafrm model whose scores rank the candidates
     keep_models: bool = False
     source: str = "experiment"
 
@@ -236,11 +237,13 @@ def _validate_bon(spec: ExperimentSpec) -> None:
     own = sorted(set(spec.bon) & {"split_seed", "eval_fraction"})
     if own:
         raise _fail(spec.source, f"bon: {own} come from the experiment's split (split_seed, test_fraction)")
-    unknown = sorted(set(spec.bon) - set(BonSpec.__dataclass_fields__))
+    accepted = [*BonSpec.__dataclass_fields__, "judge"]
+    unknown = sorted(set(spec.bon) - set(accepted))
     if unknown:
-        raise _fail(
-            spec.source, f"bon: unknown field(s) {unknown}; accepted: {', '.join(BonSpec.__dataclass_fields__)}"
-        )
+        raise _fail(spec.source, f"bon: unknown field(s) {unknown}; accepted: {', '.join(accepted)}")
+    judge = spec.bon.get("judge")
+    if judge is not None and not (Path(str(judge)) / "hafrm_config.json").is_file():
+        raise _fail(spec.source, f"bon: judge {judge!r} is not a model folder written by `hafrm train`")
 
 
 def load_experiment(path: str | Path) -> ExperimentSpec:
