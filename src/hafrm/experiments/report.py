@@ -168,34 +168,25 @@ def fig_selection(results: dict[str, Any], out: Path) -> Path | None:
 
 
 def fig_bon(results: dict[str, Any], out: Path) -> Path | None:
-    bon = results.get("best_of_n")
-    if bon and bon.get("judge") and not bon.get("gold_correct"):
-        return _fig_bon_judge(bon, out)
-    if not bon or not bon.get("gold_correct"):
+    """Each method's picks: the gold verifier's rate, or (without gold) the judge model's score."""
+    bon = results.get("best_of_n") or {}
+    if bon.get("gold_correct"):
+        values, random_pick, best = bon["gold_correct"], bon["candidates_correct"], bon["oracle"]
+        ylabel, best_label = "picks correct (gold verifier)", "oracle"
+    elif bon.get("judge"):
+        j = bon["judge"]
+        values, random_pick, best = j["score"], j["candidates_mean"], j["oracle"]
+        ylabel, best_label = "judge score of the pick", "the judge's pick"
+    else:
         return None
-    rows = list(bon["gold_correct"])
+    rows = list(values)
     fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.2))
-    vals = [bon["gold_correct"][r] for r in rows]
-    ax.bar(rows, [v["mean"] for v in vals], yerr=[v["std"] for v in vals], capsize=3)
-    ax.axhline(bon["candidates_correct"], color="grey", ls="--", lw=0.8, label="random pick")
-    ax.axhline(bon["oracle"], color="black", ls=":", lw=0.8, label="oracle")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("picks correct (gold verifier)")
-    ax.tick_params(axis="x", labelsize=8, rotation=15)
-    ax.legend(fontsize=7)
-    ax.set_title(f"Best-of-{bon['candidates_per_prompt']:g}", fontsize=9)
-    return _save(fig, out / "best_of_n.png")
-
-
-def _fig_bon_judge(bon: dict[str, Any], out: Path) -> Path:
-    j = bon["judge"]
-    rows = list(j["score"])
-    fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.2))
-    vals = [j["score"][r] for r in rows]
-    ax.bar(rows, [v["mean"] for v in vals], yerr=[v["std"] for v in vals], capsize=3)
-    ax.axhline(j["candidates_mean"], color="grey", ls="--", lw=0.8, label="random pick")
-    ax.axhline(j["oracle"], color="black", ls=":", lw=0.8, label="the judge's pick")
-    ax.set_ylabel("judge score of the pick")
+    ax.bar(rows, [values[r]["mean"] for r in rows], yerr=[values[r]["std"] for r in rows], capsize=3)
+    ax.axhline(random_pick, color="grey", ls="--", lw=0.8, label="random pick")
+    ax.axhline(best, color="black", ls=":", lw=0.8, label=best_label)
+    if bon.get("gold_correct"):
+        ax.set_ylim(0, 1)
+    ax.set_ylabel(ylabel)
     ax.tick_params(axis="x", labelsize=8, rotation=15)
     ax.legend(fontsize=7)
     ax.set_title(f"Best-of-{bon['candidates_per_prompt']:g}", fontsize=9)
