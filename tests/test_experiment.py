@@ -339,3 +339,15 @@ def test_extra_eval_in_process_equals_evaluating_the_saved_model(tiny_model_dir,
     assert (in_process.reward_chosen - saved.reward_chosen).abs().max() < 1e-5
     assert (in_process.implicit_rejected - saved.implicit_rejected).abs().max() < 1e-5
     assert in_process.reward_chosen.abs().max() > 0  # the head trained: the check is not 0 == 0
+
+
+def test_a_methods_own_logging_steps_is_kept(tmp_path):
+    from hafrm.experiments.runner import _cell_setup, prepare_data
+
+    spec = _spec(methods={"haf": {"mode": "hybrid", "logging_steps": 7}, "reward": {"mode": "reward"}})
+    prepare_data(spec, tmp_path)
+    cells = {c.id: c for c in plan_cells(spec)}
+    assert _cell_setup(spec, cells["haf--arith--s0"], tmp_path)[0].logging_steps == 7
+    cfg = _cell_setup(spec, cells["reward--arith--s0"], tmp_path)[0]
+    n_train = sum(1 for _ in (tmp_path / "data" / "arith.train.jsonl").open())
+    assert cfg.logging_steps == max(1, math.ceil(n_train / cfg.per_device_train_batch_size) // 20)  # a curve's worth

@@ -167,6 +167,11 @@ def _cell_config(spec: ExperimentSpec, cell: Cell, **values: Any) -> HafConfig:
     )
 
 
+def _sets(spec: ExperimentSpec, cell: Cell, name: str) -> bool:
+    """Whether the experiment file sets this HafConfig field for the cell (in `train:` or its method)."""
+    return name in spec.train or name in spec.methods.get(cell.base_method, {}) or name in cell.overrides
+
+
 def _cell_setup(spec: ExperimentSpec, cell: Cell, out: Path) -> tuple[HafConfig, list[str], str]:
     data_dir = out / "data"
     names = list(spec.datasets) if cell.train == MIXED else [cell.train]
@@ -185,7 +190,7 @@ def _cell_setup(spec: ExperimentSpec, cell: Cell, out: Path) -> tuple[HafConfig,
         select_by="step",  # identical budgets: every cell ends at its last step
         eval_steps=max(1, math.ceil(steps / spec.evals_per_run)),
         save_steps=10**9,  # no intermediate checkpoints: a cell is the unit that resumes
-        logging_steps=spec.train.get("logging_steps", max(1, steps // 20)),  # enough points for a curve
+        logging_steps=cfg0.logging_steps if _sets(spec, cell, "logging_steps") else max(1, steps // 20),  # a curve
     )
     other_tests = [str(data_dir / f"{n}.test.jsonl") for n in spec.datasets if n not in names]
     config = cfg.to_dict()
