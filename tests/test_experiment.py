@@ -164,10 +164,15 @@ def test_comparisons_pair_seeds_and_test_pairs():
     ind, ood = out["in_distribution"], out["out_of_distribution"]
     assert ind["difference"]["values"] == [1.0, 0.0] and ind["seeds_won"] == 1 and ind["seeds"] == 2
     assert ind["b"]["values"] == [0.0, 1.0]
-    assert (ind["pairs"], ind["pairs_only_a_right"], ind["pairs_only_b_right"]) == (4, 2, 0)
+    assert (ind["pairs"], ind["pairs_a_better"], ind["pairs_b_better"]) == (4, 2, 0)
     assert ood["difference"]["values"] == [0.0, -0.5] and ood["seeds_won"] == 0
-    assert (ood["pairs_only_a_right"], ood["pairs_only_b_right"]) == (0, 1)
+    assert (ood["pairs_a_better"], ood["pairs_b_better"]) == (0, 1)
     assert ood["sign_test_p"] == 1.0
+    # a seed with only part of its cells (a run under way) is left out of both parts, and listed
+    cells.append(cell("hybrid", "hybrid", "a", 2, wrong, wrong))
+    out = comparisons(cells, spec)["hybrid vs reward"]
+    assert out["in_distribution"]["seeds"] == 2 and out["in_distribution"]["seeds_incomplete"] == [2]
+    assert out["out_of_distribution"]["pairs"] == 4 and out["out_of_distribution"]["seeds_incomplete"] == [2]
 
 
 def test_best_of_n_with_a_judge_by_hand():
@@ -307,6 +312,11 @@ def test_experiment_end_to_end_tiny_model_resumes(tiny_model_dir, tmp_path):
     assert j["win_rates"]["dpo vs reward"]["n"] == 3  # paired by training set and seed: arith, facts, mixed
     assert "(judge model)" in (out / "results.md").read_text()
     assert json.loads((out / "bon" / "judge.json").read_text())["judge"] == str(judge)
+    # a judge changed since its scores were made: the report leaves them out rather than use stale ones
+    head = judge / "reward_head.safetensors"
+    head.write_bytes(head.read_bytes())
+    stale_judge = runner.invoke(app, ["experiment", "--config", str(cfg), "--output-dir", str(out), "--report-only"])
+    assert stale_judge.exit_code == 0 and "judge" not in json.loads((out / "results.json").read_text())["best_of_n"]
     # a cell the current plan does not have (a seed since removed) is left out of the analysis
     stale = out / "cells" / "reward--arith--s9"
     stale.mkdir()

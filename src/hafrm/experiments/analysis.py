@@ -313,7 +313,9 @@ def alpha_sweep(cells: list[dict[str, Any]], spec: ExperimentSpec) -> dict[str, 
     }
 
 
-def best_of_n(cells: list[dict[str, Any]], candidates: list[dict[str, Any]]) -> dict[str, Any]:
+def best_of_n(
+    cells: list[dict[str, Any]], candidates: list[dict[str, Any]], top_k: Sequence[int] = (1, 2, 3)
+) -> dict[str, Any]:
     """Each row's Best-of-N picks judged, mean ± std over the row's cells (main and mixed).
 
     With gold labels (the built-in task): the share of picks the verifier accepts, beside the
@@ -344,7 +346,7 @@ def best_of_n(cells: list[dict[str, Any]], candidates: list[dict[str, Any]]) -> 
                 rates[row].append(mean([float(candidates[i]["gold"]) for i in picked]))
             if judge is not None:
                 judged[row].append(mean([judge[i] for i in picked]))
-                for k in (1, 2, 3):
+                for k in top_k:
                     recall[row][str(k)].append(topk_recall(picked, judge, grouped, k))
     out: dict[str, Any] = {"prompts": len(grouped), "candidates_per_prompt": len(candidates) / len(grouped)}
     if gold:
@@ -407,9 +409,10 @@ def comparisons(cells: list[dict[str, Any]], spec: ExperimentSpec) -> dict[str, 
     """HaF's rows (hybrid-mode methods, both heads) against every other method, paired by seed.
 
     Per seed: the difference of the average accuracy over datasets, in distribution (train set ==
-    test set) and out of it (every train != test); its mean ± std over the seeds both rows have, the
-    seeds HaF won, and each row's own seed spread. Per test pair (pooled over datasets and seeds):
-    the pairs only HaF got right against the pairs only the other got right, with a sign test's
+    test set) and out of it (every train != test); its mean ± std over the seeds both rows have
+    complete (a seed still missing a cell is left out, and counted), the seeds HaF won, and each
+    row's own seed spread. Per test pair, over the same seeds: the pairs HaF scored better (right
+    where the other was wrong or tied, or tied where it was wrong) and worse, with a sign test's
     p-value. The same test pairs recur across seeds, so that p-value is optimistic; the seed-level
     difference is the one to quote."""
     datasets = list(spec.datasets)
@@ -426,31 +429,39 @@ def comparisons(cells: list[dict[str, Any]], spec: ExperimentSpec) -> dict[str, 
                     for k in correct[a]
                     if k in correct[b] and (k[0] == k[1]) == same and k[0] in datasets and k[1] in datasets
                 ]
-                seeds = sorted({k[2] for k in keys})
-                per_seed = {}
-                for seed in seeds:
-                    ks = [k for k in keys if k[2] == seed]
-                    if where == "in_distribution" and len(ks) < len(datasets):
-                        continue  # a seed still missing a dataset would bias its average
-                    per_seed[seed] = (mean([mean(correct[a][k]) for k in ks]), mean([mean(correct[b][k]) for k in ks]))
-                if not per_seed:
-                    continue
-                wins = sum(x > y for k in keys for x, y in zip(correct[a][k], correct[b][k], strict=True))
-                losses = sum(x < y for k in keys for x, y in zip(correct[a][k], correct[b][k], strict=True))
-                entry[where] = {
-                    "difference": mean_std([x - y for x, y in per_seed.values()]),
-                    "a": mean_std([x for x, _ in per_seed.values()]),
-                    "b": mean_std([y for _, y in per_seed.values()]),
-                    "seeds_won": sum(x > y for x, y in per_seed.values()),
-                    "seeds": len(per_seed),
-                    "pairs": sum(len(correct[a][k]) for k in keys),
-                    "pairs_only_a_right": wins,
-                    "pairs_only_b_right": losses,
-                    "sign_test_p": sign_test(wins, losses),
-                }
+                entry[where] = _paired(
+                    correct[a], correct[b], keys, len(datasets) if same else len(datasets) ** 2 - len(datasets)
+                )
+            entry = {k: v for k, v in entry.items() if v}
             if entry:
                 out[f"{a} vs {b}"] = entry
     return out
+
+
+def _paired(a: dict, b: dict, keys: list[tuple[str, str, int]], complete: int) -> dict[str, Any] | None:
+    """One comparison: per-seed averages over `keys` (a seed needs all `complete` of its cells),
+    and the per-pair sign test over those seeds' pairs."""
+    seeds = sorted({k[2] for k in keys})
+    kept = [s for s in seeds if sum(k[2] == s for k in keys) == complete]
+    keys = [k for k in keys if k[2] in kept and len(a[k]) == len(b[k])]  # same test pairs on both sides
+    if not keys:
+        return None
+    per_seed = {s: [k for k in keys if k[2] == s] for s in kept}
+    avg = {s: (mean([mean(a[k]) for k in ks]), mean([mean(b[k]) for k in ks])) for s, ks in per_seed.items()}
+    better = sum(x > y for k in keys for x, y in zip(a[k], b[k], strict=True))
+    worse = sum(x < y for k in keys for x, y in zip(a[k], b[k], strict=True))
+    return {
+        "difference": mean_std([x - y for x, y in avg.values()]),
+        "a": mean_std([x for x, _ in avg.values()]),
+        "b": mean_std([y for _, y in avg.values()]),
+        "seeds_won": sum(x > y for x, y in avg.values()),
+        "seeds": len(avg),
+        "seeds_incomplete": [s for s in seeds if s not in kept],
+        "pairs": sum(len(a[k]) for k in keys),
+        "pairs_a_better": better,
+        "pairs_b_better": worse,
+        "sign_test_p": sign_test(better, worse),
+    }
 
 
 def budgets(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -484,6 +495,6 @@ def analyse(
         "checkpoint_selection": checkpoint_selection(cells),
         "calibration": calibration(cells),
         "alpha_sweep": alpha_sweep(cells, spec),
-        "best_of_n": best_of_n(cells, candidates or []),
+        "best_of_n": best_of_n(cells, candidates or [], (spec.bon or {}).get("top_k", (1, 2, 3))),
         "budgets": budgets(cells),
     }

@@ -265,11 +265,11 @@ def tables(results: dict[str, Any]) -> list[Table]:
     if results.get("comparisons"):
         rows = [
             [pair, where.replace("_", " "), _fmt(v["a"]), _fmt(v["b"]), _fmt(v["difference"]),
-             f"{v['seeds_won']}/{v['seeds']}", f"{v['pairs_only_a_right']} / {v['pairs_only_b_right']}",
+             f"{v['seeds_won']}/{v['seeds']}", f"{v['pairs_a_better']} / {v['pairs_b_better']}",
              f"{v['sign_test_p']:.3g}"]
             for pair, entry in results["comparisons"].items() for where, v in entry.items()
         ]  # fmt: skip
-        header = ["HaF vs", "where", "HaF", "other", "difference", "seeds won", "pairs only HaF / only other right",
+        header = ["HaF vs", "where", "HaF", "other", "difference", "seeds won", "test pairs HaF / other scored better",
                   "sign test p"]  # fmt: skip
         out.append(("HaF against the other methods, paired by seed", header, rows))
     if results["mixed"]:

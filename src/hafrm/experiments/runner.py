@@ -198,9 +198,8 @@ def _cell_setup(spec: ExperimentSpec, cell: Cell, out: Path) -> tuple[HafConfig,
         config.pop(key)
     config.pop("prefix_cache_mib")  # speed only: the cached path equals the full forward (checked each run)
     tests = [data_dir / f"{n}.test.jsonl" for n in spec.datasets]
-    bon_fields = (
-        {k: v for k, v in spec.bon.items() if k != "judge"} if spec.bon else spec.bon
-    )  # a cell never sees the judge
+    # a cell never sees the judge, and top_k only changes the analysis
+    bon_fields = {k: v for k, v in spec.bon.items() if k not in ("judge", "top_k")} if spec.bon else spec.bon
     seen = (
         json.dumps(config, sort_keys=True)
         + _file_hash(train_files + tests)
@@ -242,37 +241,47 @@ def bon_candidates(spec: ExperimentSpec, out: Path, log_line: Callable[[str], No
     return candidates
 
 
-def judge_scores(judge: Path, candidates: list[dict[str, Any]], out: Path, log_line=print) -> list[float]:
-    """The judge model's score of every candidate, kept in `out/judge.json` (rescored when the
-    candidates or the judge's weights change)."""
-    from hafrm.scoring import load
-
+def _judge_key(judge: Path, candidates: list[dict[str, Any]]) -> str:
+    """What the judge's scores depend on: the candidates, and every file of the judge's folder
+    (weights, reward head, hafrm config, tokenizer) by name, size and modification time."""
     key = hashlib.blake2b(digest_size=12)
     key.update(json.dumps([[c["prompt"], c["response"]] for c in candidates]).encode())
-    for f in sorted(judge.glob("*.safetensors")):
-        key.update(f.name.encode() + f.read_bytes())
+    for f in sorted(p for p in judge.rglob("*") if p.is_file()):
+        st = f.stat()
+        key.update(f"{f.relative_to(judge)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return key.hexdigest()
+
+
+def judge_scores(judge: Path, candidates: list[dict[str, Any]], out: Path, log_line=print) -> list[float]:
+    """The judge model's score of every candidate, kept in `out/judge.json` (rescored when the
+    candidates or the judge's folder change)."""
+    from hafrm.scoring import load
+
+    key = _judge_key(judge, candidates)
     path = out / "judge.json"
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("key") == key.hexdigest():
-            return saved["scores"]
+    if path.is_file() and json.loads(path.read_text()).get("key") == key:
+        return json.loads(path.read_text())["scores"]
     scores = load(judge).score_batch([c["prompt"] for c in candidates], [c["response"] for c in candidates])
-    path.write_text(json.dumps({"judge": str(judge), "key": key.hexdigest(), "scores": scores}) + "\n")
+    path.write_text(json.dumps({"judge": str(judge), "key": key, "scores": scores}) + "\n")
     log_line(f"judge {judge} scored {len(candidates)} candidates")
     return scores
 
 
 def load_candidates(spec: ExperimentSpec, out: Path) -> list[dict[str, Any]]:
-    """The Best-of-N candidates of a run folder (with the judge's scores when it has them)."""
+    """The Best-of-N candidates of a run folder, with the judge's scores when they were made by
+    the spec's judge for these candidates (else without, and a warning)."""
     path = out / "bon" / "candidates.jsonl"
     if not spec.bon or not path.is_file():
         return []
     candidates = [json.loads(line) for line in path.read_text().splitlines()]
-    judge = out / "bon" / "judge.json"
-    if spec.bon.get("judge") and judge.is_file():
-        scores = json.loads(judge.read_text())["scores"]
-        if len(scores) == len(candidates):
-            candidates = [c | {"judge": s} for c, s in zip(candidates, scores, strict=True)]
+    judge = spec.bon.get("judge")
+    if judge:
+        saved = out / "bon" / "judge.json"
+        record = json.loads(saved.read_text()) if saved.is_file() else {}
+        if record.get("key") == _judge_key(Path(judge), candidates):
+            candidates = [c | {"judge": s} for c, s in zip(candidates, record["scores"], strict=True)]
+        else:
+            log.warning("%s: no judge scores of these candidates by %s (run the experiment to make them)", saved, judge)
     return candidates
 
 
