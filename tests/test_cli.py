@@ -180,3 +180,23 @@ def test_freezing_more_layers_than_the_model_has_is_exit_2(tiny_model_dir, tmp_p
     result = runner.invoke(app, args)
     assert result.exit_code == 2
     assert "freeze_layers: cannot freeze 9 layers: the decoder has 8 layers" in result.output
+
+
+def test_optimisation_flags_reach_the_config(monkeypatch):
+    import hafrm.pipeline
+    from hafrm.errors import HafError
+
+    seen = {}
+
+    def capture(cfg):
+        seen["cfg"] = cfg
+        raise HafError("captured")
+
+    monkeypatch.setattr(hafrm.pipeline, "train", capture)
+    args = ["train", "--num-train-epochs", "2.5", "--gradient-accumulation-steps", "3",
+            "--reward-head-learning-rate", "0.002", "--learning-rate", "3e-5"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "captured" in result.output
+    cfg = seen["cfg"]
+    assert (cfg.num_train_epochs, cfg.gradient_accumulation_steps) == (2.5, 3)
+    assert (cfg.reward_head_learning_rate, cfg.learning_rate) == (0.002, 3e-5)

@@ -330,7 +330,8 @@ def test_experiment_end_to_end_tiny_model_resumes(tiny_model_dir, tmp_path):
     assert results["in_distribution"]["reward"]["datasets"]["arith"]["n"] == 1
 
 
-def test_extra_eval_in_process_equals_evaluating_the_saved_model(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: training steps autocast, evaluation not
+def test_extra_eval_in_process_equals_evaluating_the_saved_model(tiny_model_dir, tmp_path, precision):
     from hafrm.commands import evaluate_model
     from hafrm.config import HafConfig
     from hafrm.data.inspect import pair_record
@@ -342,8 +343,9 @@ def test_extra_eval_in_process_equals_evaluating_the_saved_model(tiny_model_dir,
     path = tmp_path / "extra.jsonl"
     path.write_text("".join(json.dumps(pair_record(p)) + "\n" for p in extra))
     cfg = HafConfig(model=str(tiny_model_dir), freeze_layers=0, builtin_pairs=24, per_device_train_batch_size=4,
-                    max_steps=2, output_dir=str(tmp_path / "m"))  # fmt: skip
+                    max_steps=2, output_dir=str(tmp_path / "m"), precision=precision)  # fmt: skip
     result = train(cfg, extra_eval={"hand": extra})
+    assert result.precision == precision
     in_process = result.extra_eval["hand"]
     saved, _ = evaluate_model(RewardModel.from_pretrained(tmp_path / "m"), [str(path)])
     assert (in_process.reward_chosen - saved.reward_chosen).abs().max() < 1e-5

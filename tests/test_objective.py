@@ -130,7 +130,7 @@ def _one_step(tokenizer, tmp_path, batch_size, accumulation):
     )
     trainer = HafTrainer(
         model=model,
-        args=_training_args(cfg, 2, bf16=False),
+        args=_training_args(cfg, 2),
         train_dataset=pair_dataset(feats),
         eval_dataset=feats,
         data_collator=PairCollator(tokenizer.pad_token_id),

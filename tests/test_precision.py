@@ -18,3 +18,27 @@ def test_auto_follows_the_measured_speeds(monkeypatch):
 def test_probe_measures_both_dtypes():
     speeds = precision.cpu_matmul_gflops()
     assert set(speeds) == {"fp32", "bf16"} and all(v > 0 for v in speeds.values())
+
+
+def test_bf16_runs_training_steps_in_autocast_and_evaluation_in_fp32(tiny_model_dir, tmp_path, monkeypatch):
+    import torch
+
+    from hafrm.config import HafConfig
+    from hafrm.objective import HybridObjective
+    from hafrm.pipeline import train
+
+    seen: list[tuple[bool, bool]] = []  # (model.training, autocast on) at every objective call
+    original = HybridObjective.__call__
+
+    def spy(self, model, batch, *args, **kwargs):
+        seen.append((model.training, torch.is_autocast_enabled("cpu")))
+        return original(self, model, batch, *args, **kwargs)
+
+    monkeypatch.setattr(HybridObjective, "__call__", spy)
+    cfg = HafConfig(model=str(tiny_model_dir), freeze_layers=2, builtin_pairs=24, per_device_train_batch_size=4,
+                    max_steps=2, output_dir=str(tmp_path / "m"), precision="bf16")  # fmt: skip
+    assert train(cfg).precision == "bf16"
+    steps = [autocast for training, autocast in seen if training]
+    evals = [autocast for training, autocast in seen if not training]
+    assert len(steps) == 2 and all(steps)
+    assert evals and not any(evals)

@@ -116,7 +116,7 @@ def _report_drops(name: str, res: TokenizeResult) -> dict[str, int]:
     return counts
 
 
-def _training_args(cfg: HafConfig, n_train: int, bf16: bool) -> TrainingArguments:
+def _training_args(cfg: HafConfig, n_train: int) -> TrainingArguments:
     steps_per_epoch = math.ceil(n_train / (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps))
     total = cfg.max_steps if cfg.max_steps > 0 else max(1, int(steps_per_epoch * cfg.num_train_epochs))
     eval_steps = cfg.eval_steps or max(1, (total + 1) // 2)
@@ -145,7 +145,7 @@ def _training_args(cfg: HafConfig, n_train: int, bf16: bool) -> TrainingArgument
         greater_is_better=SELECTION_METRICS[cfg.select_by] if select else None,
         logging_steps=cfg.logging_steps,
         seed=cfg.seed,
-        bf16=bf16,
+        bf16=False,  # HafTrainer autocasts its training steps itself (bf16_steps), not evaluation
         remove_unused_columns=False,
         train_sampling_strategy="group_by_length",  # batches of similar length: less padding
         report_to="none",
@@ -153,10 +153,6 @@ def _training_args(cfg: HafConfig, n_train: int, bf16: bool) -> TrainingArgument
         dataloader_pin_memory=torch.cuda.is_available(),
         save_only_model=False,
     )
-
-
-def _autocast(precision: str, device: torch.device):
-    return torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
 
 
 def prefix_blocker(cfg: HafConfig, model: HybridRewardModel) -> str | None:
@@ -173,7 +169,7 @@ def prefix_blocker(cfg: HafConfig, model: HybridRewardModel) -> str | None:
 
 
 def _prefix_cache(
-    cfg: HafConfig, model: HybridRewardModel, toks: list[TokenizeResult], cache: Path, pad_id: int, precision: str
+    cfg: HafConfig, model: HybridRewardModel, toks: list[TokenizeResult], cache: Path, pad_id: int
 ) -> None:
     """Turn on the frozen-prefix cache (hafrm.prefix) when layers are frozen, after checking on
     a real batch that the cached path equals the full forward, and fill it from disk or once."""
@@ -194,15 +190,17 @@ def _prefix_cache(
     longest = sorted(sequences, key=len)[-4:]  # the longest: a sliding window or long-range rope shows there
     probe = pad_rows(longest, [0] * len(longest), pad_id)
     mask = probe["attention_mask"]
-    with _autocast(precision, model.device):  # the bottom layers at the precision training runs them in
-        diff = verify(model, probe["input_ids"], position_ids_from_mask(mask), mask)
-        if not diff <= 1e-3:
-            log.warning("frozen-prefix cache off: the cached path differs from the full forward by %.2g here", diff)
-            model.prefix_cache = None
-            return
-        fingerprint = model_fingerprint(model) + (":bf16" if precision == "bf16" else "")
-        hits = [fill(model, [s for p in t.pairs for s in (p.chosen_ids, p.rejected_ids)], cache, fingerprint, pad_id,
-                     cfg.pack_length)[1] for t in toks]  # fmt: skip
+    # In fp32 whatever training's precision: evaluation and scoring run in fp32, so the evaluation
+    # during training then equals a later `hafrm eval` of the saved model; bf16 training steps
+    # take the fp32 states as they would take fp32 embeddings.
+    diff = verify(model, probe["input_ids"], position_ids_from_mask(mask), mask)
+    if not diff <= 1e-3:
+        log.warning("frozen-prefix cache off: the cached path differs from the full forward by %.2g here", diff)
+        model.prefix_cache = None
+        return
+    fingerprint = model_fingerprint(model)
+    hits = [fill(model, [s for p in t.pairs for s in (p.chosen_ids, p.rejected_ids)], cache, fingerprint, pad_id,
+                 cfg.pack_length)[1] for t in toks]  # fmt: skip
     log.info("frozen-prefix cache: %d sequences, %.0f MiB, %d of %d sets from disk", len(model.prefix_cache),
              model.prefix_cache.bytes / 2**20, sum(hits), len(hits))  # fmt: skip
 
@@ -256,13 +254,13 @@ def train(cfg: HafConfig, extra_eval: dict[str, list[PreferencePair]] | None = N
             raise DataError(f"extra eval set {name!r}: no pairs left after tokenisation")
     train_ref, refs, hits = _references(cfg, model, train_tok, [eval_tok, *extra_tok.values()], cache, pad_id)
     eval_ref = refs[0]
-    precision = resolve_precision(cfg.precision)
-    _prefix_cache(cfg, model, [train_tok, eval_tok, *extra_tok.values()], cache, pad_id, precision)
+    precision = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
+    _prefix_cache(cfg, model, [train_tok, eval_tok, *extra_tok.values()], cache, pad_id)
     meta = hafrm_meta(cfg, model_path, precision)
     eval_features = pair_features(eval_tok.pairs, eval_ref)
     trainer = HafTrainer(
         model=model,
-        args=_training_args(cfg, len(train_tok.pairs), precision == "bf16"),
+        args=_training_args(cfg, len(train_tok.pairs)),
         train_dataset=pair_dataset(pair_features(train_tok.pairs, train_ref)),
         eval_dataset=eval_features,  # our evaluate() reads eval_pairs/eval_features directly
         data_collator=PairCollator(pad_id, pack_length=cfg.pack_length if cfg.packing else None),
@@ -272,6 +270,7 @@ def train(cfg: HafConfig, extra_eval: dict[str, list[PreferencePair]] | None = N
         eval_features=eval_features,
         pad_token_id=pad_id,
         hafrm_meta=meta,
+        bf16_steps=precision == "bf16",
     )
     resume = get_last_checkpoint(cfg.output_dir) if cfg.resume and Path(cfg.output_dir).is_dir() else None
     trainer.train(resume_from_checkpoint=resume)

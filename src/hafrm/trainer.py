@@ -32,6 +32,7 @@ class HafTrainer(Trainer):
         eval_features: list[dict[str, Any]],
         pad_token_id: int,
         hafrm_meta: dict[str, Any],
+        bf16_steps: bool = False,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
@@ -41,6 +42,7 @@ class HafTrainer(Trainer):
         self.eval_features = eval_features
         self.pad_token_id = pad_token_id
         self.hafrm_meta = hafrm_meta
+        self.bf16_steps = bf16_steps
         self._train_metrics: dict[str, list[float]] = defaultdict(list)
         self.eval_history: dict[int, EvalResult] = {}  # step -> eval of that step's weights
         self.selected_step: int | None = None  # the step whose weights the run ends with
@@ -62,7 +64,11 @@ class HafTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         progress = self.state.global_step / max(1, self.state.max_steps - 1) if model.training else None
-        step = self.objective(model, inputs, progress=progress)
+        # Training steps in bf16 autocast where asked (the reward head and losses stay fp32 inside);
+        # evaluation runs in fp32, so it equals a later `hafrm eval` of the saved model. (The
+        # Trainer's own `bf16=True` would wrap the model's forward in autocast for good.)
+        with torch.autocast(model.device.type, torch.bfloat16, enabled=self.bf16_steps and model.training):
+            step = self.objective(model, inputs, progress=progress)
         for k, v in step.metrics.items():
             self._train_metrics[k].append(v)
         return (step.loss, step) if return_outputs else step.loss
