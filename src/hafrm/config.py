@@ -93,7 +93,9 @@ class HafConfig:
     pku_label: str = _f("safer", "PKU-SafeRLHF native label: 'safer' or 'better'.")
     pku_safety_filter: bool = _f(False, "PKU-SafeRLHF native: keep only pairs where exactly one response is safe.")
     eval_fraction: float = _f(0.2, "Held-out share when eval data is split from --data.")
-    builtin_pairs: int = _f(1600, "Pairs generated for the built-in task (before the split).")
+    builtin_pairs: int = _f(
+        1600, "Pairs generated for the built-in task (before the split); 'builtin:SKILL' takes that skill's share."
+    )
     system_prompt: str | None = _f(None, "System message prepended to every prompt, if set.")
     max_length: int = _f(
         512, "Max tokens per sequence; longer responses are cut, keeping the tokens that close the turn."

@@ -70,11 +70,17 @@ def builtin_skills(item: str) -> tuple[str, ...] | None:
     return skills
 
 
-def builtin_pairs(cfg: HafConfig, skills: tuple[str, ...] | None = None) -> list[PreferencePair]:
-    """The built-in task as configured (`cfg.builtin_pairs` pairs of `skills`, default all), with
-    its short system message."""
+def builtin_pairs(
+    cfg: HafConfig, skills: tuple[str, ...] | None = None, n: int | None = None
+) -> list[PreferencePair]:
+    """`n` pairs of the built-in task's `skills` (default all), with its short system message.
+    By default `n` is the skills' share of `cfg.builtin_pairs`, the size of the whole task, so
+    'builtin:arithmetic' is the arithmetic of 'builtin'."""
+    skills = skills or builtin.SKILLS
+    if n is None:
+        n = cfg.builtin_pairs * len(skills) // len(builtin.SKILLS)
     system = {"role": "system", "content": BUILTIN_SYSTEM_PROMPT}
-    pairs = builtin.generate_pairs(cfg.builtin_pairs, seed=cfg.seed, skills=skills)
+    pairs = builtin.generate_pairs(n, seed=cfg.seed, skills=skills)
     return [dataclasses.replace(p, prompt=[system, *p.prompt]) for p in pairs]
 
 

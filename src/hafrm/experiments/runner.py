@@ -90,7 +90,7 @@ def _read_dataset(ds: DatasetSpec, spec: ExperimentSpec) -> tuple[list[Preferenc
     for item in ds.data:
         skills = builtin_skills(item)
         if skills is not None:
-            got = builtin_pairs(dataclasses.replace(cfg, builtin_pairs=ds.max_pairs or cfg.builtin_pairs), skills)
+            got = builtin_pairs(cfg, skills, n=ds.max_pairs)
             reports.append({"source": item, "kept": len(got)})
         else:
             got, report = load_source(item, cfg.data_options())
