@@ -20,7 +20,7 @@ def test_probe_measures_both_dtypes():
     assert set(speeds) == {"fp32", "bf16"} and all(v > 0 for v in speeds.values())
 
 
-def test_bf16_runs_training_steps_in_autocast_and_evaluation_in_fp32(tiny_model_dir, tmp_path, monkeypatch):
+def test_bf16_autocasts_training_steps_and_their_reference_not_evaluation(tiny_model_dir, tmp_path, monkeypatch):
     import torch
 
     from hafrm.config import HafConfig
@@ -35,6 +35,16 @@ def test_bf16_runs_training_steps_in_autocast_and_evaluation_in_fp32(tiny_model_
         return original(self, model, batch, *args, **kwargs)
 
     monkeypatch.setattr(HybridObjective, "__call__", spy)
+    import hafrm.pipeline
+
+    refs: list[bool] = []  # autocast on, per reference pass (train first, then eval)
+    original_ref = hafrm.pipeline.reference_logps
+
+    def ref_spy(*args, **kwargs):
+        refs.append(torch.is_autocast_enabled("cpu"))
+        return original_ref(*args, **kwargs)
+
+    monkeypatch.setattr(hafrm.pipeline, "reference_logps", ref_spy)
     cfg = HafConfig(model=str(tiny_model_dir), freeze_layers=2, builtin_pairs=24, per_device_train_batch_size=4,
                     max_steps=2, output_dir=str(tmp_path / "m"), precision="bf16")  # fmt: skip
     assert train(cfg).precision == "bf16"
@@ -42,3 +52,4 @@ def test_bf16_runs_training_steps_in_autocast_and_evaluation_in_fp32(tiny_model_
     evals = [autocast for training, autocast in seen if not training]
     assert len(steps) == 2 and all(steps)
     assert evals and not any(evals)
+    assert refs == [True, False]  # the training side at the steps' precision, the eval side in fp32

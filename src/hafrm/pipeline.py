@@ -211,18 +211,22 @@ def _prefix_cache(
              model.prefix_cache.bytes / 2**20, sum(hits), len(hits))  # fmt: skip
 
 
-def _references(cfg, model, train_tok, eval_toks, cache, pad_id) -> tuple[Any, list[Any], int]:
+def _references(cfg, model, train_tok, eval_toks, cache, pad_id, precision) -> tuple[Any, list[Any], int]:
     """Reference log-probs for train (if the loss needs them) and every eval set (always, for the
-    implicit head)."""
+    implicit head). The training side is computed at the precision of the training steps (bf16
+    autocast: the policy's log-probs then start equal to the reference's, as DPO assumes, and the
+    pass is 2-4x faster), the eval side in fp32 like evaluation itself."""
     if not cfg.needs_reference:
         return None, [None] * len(eval_toks), 0
     fingerprint = model_fingerprint(model)
     pack = cfg.pack_length if cfg.packing else None
 
-    def ref(tok: TokenizeResult):
-        return reference_logps(model, tok.pairs, cache, pad_id, cfg.per_device_eval_batch_size, fingerprint, pack)
+    def ref(tok: TokenizeResult, bf16: bool = False):
+        with torch.autocast(model.device.type, torch.bfloat16, enabled=bf16):
+            key = fingerprint + (":bf16-autocast" if bf16 else "")
+            return reference_logps(model, tok.pairs, cache, pad_id, cfg.per_device_eval_batch_size, key, pack)
 
-    results = ([ref(train_tok)] if cfg.needs_policy else []) + [ref(t) for t in eval_toks]
+    results = ([ref(train_tok, precision == "bf16")] if cfg.needs_policy else []) + [ref(t) for t in eval_toks]
     hits = sum(r.hit for r in results)
     train_ref = results.pop(0).logps if cfg.needs_policy else None
     return train_ref, [r.logps for r in results], hits
@@ -258,9 +262,10 @@ def train(cfg: HafConfig, extra_eval: dict[str, list[PreferencePair]] | None = N
         dropped |= _report_drops(f"extra/{name}", tok)
         if not tok.pairs:
             raise DataError(f"extra eval set {name!r}: no pairs left after tokenisation")
-    train_ref, refs, hits = _references(cfg, model, train_tok, [eval_tok, *extra_tok.values()], cache, pad_id)
-    eval_ref = refs[0]
     precision = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
+    evals = [eval_tok, *extra_tok.values()]
+    train_ref, refs, hits = _references(cfg, model, train_tok, evals, cache, pad_id, precision)
+    eval_ref = refs[0]
     _prefix_cache(cfg, model, [train_tok, eval_tok, *extra_tok.values()], cache, pad_id)
     meta = hafrm_meta(cfg, model_path, precision)
     eval_features = pair_features(eval_tok.pairs, eval_ref)
