@@ -181,3 +181,17 @@ def test_verify_judges_free_responses(spec, response, expected):
 def test_verify_rejects_an_unknown_kind():
     with pytest.raises(ValueError, match="unknown spec kind 'haiku'"):
         verify({"kind": "haiku"}, "five seven five")
+
+
+def test_a_skill_source_reads_its_share_of_the_task():
+    from hafrm.config import HafConfig
+    from hafrm.pipeline import builtin_pairs, builtin_skills
+
+    cfg = HafConfig()  # the default task size must be one the templates can make, per skill too
+    whole = builtin_pairs(cfg, builtin_skills("builtin"))
+    arithmetic = builtin_pairs(cfg, builtin_skills("builtin:arithmetic"))
+    assert len(whole) == cfg.builtin_pairs
+    assert len(arithmetic) == cfg.builtin_pairs // len(SKILLS)
+    assert {p.meta["skill"] for p in arithmetic} == {"arithmetic"}
+    assert len(builtin_pairs(cfg, ("facts", "format"), n=40)) == 40  # an explicit count (experiment caps)
+    assert all(p.prompt[0] == {"role": "system", "content": ""} for p in arithmetic)  # the empty system turn
