@@ -11,7 +11,8 @@ import torch
 def _matmul_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 3, tries: int = 3) -> float:
     """The best of `tries` timings of `reps` products of two n x n matrices. At n = 256 and one
     timing the probe was too noisy: the same CPU gave 1.2x to 2.4x for bf16 over fp32 (4x at
-    1024). A dtype that one product shows to be slow (emulated bf16: ~1 GFLOP/s) is not timed on."""
+    1024). A dtype whose first product is slow is not timed further (emulated bf16, about 1 GFLOP/s,
+    costs that one product: about 2 s)."""
     a = torch.randn(n, n).to(dtype)
     b = torch.randn(n, n).to(dtype)
     start = time.perf_counter()

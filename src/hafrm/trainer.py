@@ -67,7 +67,7 @@ class HafTrainer(Trainer):
         # Training steps in bf16 autocast where asked (the reward head and losses stay fp32 inside);
         # evaluation runs in fp32, so it equals a later `hafrm eval` of the saved model. (The
         # Trainer's own `bf16=True` would wrap the model's forward in autocast for good.)
-        with torch.autocast(model.device.type, torch.bfloat16, enabled=self.bf16_steps and model.training):
+        with torch.autocast(self.args.device.type, torch.bfloat16, enabled=self.bf16_steps and model.training):
             step = self.objective(model, inputs, progress=progress)
         for k, v in step.metrics.items():
             self._train_metrics[k].append(v)
