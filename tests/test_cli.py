@@ -71,6 +71,22 @@ def test_eval_command_reproduces_training_metrics(trained, tmp_path):
     trained_metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["reward_head/accuracy"] == pytest.approx(trained_metrics["eval/reward_head/accuracy"])
     assert metrics["implicit/accuracy"] == pytest.approx(trained_metrics["eval/implicit/accuracy"])
+    # one skill of the model's task: that skill's rows of the same held-out split
+    result = runner.invoke(app, ["eval", str(out), "--data", "builtin:facts", "--out", str(dest)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(dest.read_text())
+    assert set(json.loads((out / "hafrm_config.json").read_text())["train_config"]["data"]) == {"builtin"}
+    assert metrics["pairs"] == sum(1 for p in trained_eval_pairs(out) if p.meta["skill"] == "facts")
+    assert metrics["reward_head/accuracy"] == pytest.approx(trained_metrics["eval/tag/facts/reward_head/accuracy"])
+
+
+def trained_eval_pairs(out):
+    from hafrm.config import HafConfig
+    from hafrm.data.io import split_by_prompt
+    from hafrm.pipeline import builtin_pairs
+
+    cfg = HafConfig.from_dict(json.loads((out / "hafrm_config.json").read_text())["train_config"])
+    return split_by_prompt(builtin_pairs(cfg), cfg.eval_fraction, cfg.seed)[1]
 
 
 def test_score_jsonl_both_shapes(trained, tmp_path):

@@ -330,8 +330,8 @@ def test_experiment_end_to_end_tiny_model_resumes(tiny_model_dir, tmp_path):
     assert results["in_distribution"]["reward"]["datasets"]["arith"]["n"] == 1
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: training steps autocast, evaluation not
-def test_extra_eval_in_process_equals_evaluating_the_saved_model(tiny_model_dir, tmp_path, precision):
+@pytest.mark.parametrize(("precision", "frozen"), [("fp32", 0), ("bf16", 0), ("bf16", 2)])  # 2: the prefix cache
+def test_extra_eval_in_process_equals_evaluating_the_saved_model(tiny_model_dir, tmp_path, precision, frozen):
     from hafrm.commands import evaluate_model
     from hafrm.config import HafConfig
     from hafrm.data.inspect import pair_record
@@ -342,7 +342,7 @@ def test_extra_eval_in_process_equals_evaluating_the_saved_model(tiny_model_dir,
     extra = make_pairs(6)
     path = tmp_path / "extra.jsonl"
     path.write_text("".join(json.dumps(pair_record(p)) + "\n" for p in extra))
-    cfg = HafConfig(model=str(tiny_model_dir), freeze_layers=0, builtin_pairs=24, per_device_train_batch_size=4,
+    cfg = HafConfig(model=str(tiny_model_dir), freeze_layers=frozen, builtin_pairs=24, per_device_train_batch_size=4,
                     max_steps=2, output_dir=str(tmp_path / "m"), precision=precision)  # fmt: skip
     result = train(cfg, extra_eval={"hand": extra})
     assert result.precision == precision

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from hafrm.config import HafConfig
+from hafrm.data import builtin
 from hafrm.data.formats import DataOptions, Notes, RecordError, convert, messages
 from hafrm.data.io import iter_records, load_pairs, split_by_prompt
 from hafrm.data.tokenize import PairTokenizer, pair_features
@@ -42,7 +43,9 @@ def evaluate_model(rm: RewardModel, data: list[str], options: DataOptions | None
     for item in data:
         skills = builtin_skills(item)
         if skills is not None:  # the same held-out split the model was evaluated on in training
-            pairs += split_by_prompt(builtin_pairs(cfg, skills), cfg.eval_fraction, cfg.seed)[1]
+            whole = any(builtin_skills(d) == builtin.SKILLS for d in cfg.data)  # trained on all skills
+            held_out = split_by_prompt(builtin_pairs(cfg, None if whole else skills), cfg.eval_fraction, cfg.seed)[1]
+            pairs += [p for p in held_out if p.meta["skill"] in skills]
         else:
             pairs += load_pairs(item, options)
     tok = PairTokenizer(rm.tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt).tokenize(pairs)

@@ -70,12 +70,11 @@ def builtin_skills(item: str) -> tuple[str, ...] | None:
     return skills
 
 
-def builtin_pairs(
-    cfg: HafConfig, skills: tuple[str, ...] | None = None, n: int | None = None
-) -> list[PreferencePair]:
+def builtin_pairs(cfg: HafConfig, skills: tuple[str, ...] | None = None, n: int | None = None) -> list[PreferencePair]:
     """`n` pairs of the built-in task's `skills` (default all), with its short system message.
-    By default `n` is the skills' share of `cfg.builtin_pairs`, the size of the whole task, so
-    'builtin:arithmetic' is the arithmetic of 'builtin'."""
+    By default `n` is the skills' share of `cfg.builtin_pairs`, the size of the whole task. (The
+    pairs are generated for those skills alone: 'builtin:facts' holds as many facts pairs as
+    'builtin' does, not the same ones.)"""
     skills = skills or builtin.SKILLS
     if n is None:
         n = cfg.builtin_pairs * len(skills) // len(builtin.SKILLS)
@@ -213,20 +212,24 @@ def _prefix_cache(
 
 def _references(cfg, model, train_tok, eval_toks, cache, pad_id, precision) -> tuple[Any, list[Any], int]:
     """Reference log-probs for train (if the loss needs them) and every eval set (always, for the
-    implicit head). The training side is computed at the precision of the training steps (bf16
-    autocast: the policy's log-probs then start equal to the reference's, as DPO assumes, and the
-    pass is 2-4x faster), the eval side in fp32 like evaluation itself."""
+    implicit head), through the frozen-prefix cache when it is on. The training side is computed
+    the way the training steps compute the policy's (bf16 autocast above fp32 frozen-prefix
+    states), so the policy starts equal to its reference, as DPO assumes; the eval side in fp32,
+    like evaluation itself."""
     if not cfg.needs_reference:
         return None, [None] * len(eval_toks), 0
     fingerprint = model_fingerprint(model)
     pack = cfg.pack_length if cfg.packing else None
+    steps_device = "cuda" if torch.cuda.is_available() else "cpu"  # where the Trainer will run the steps
+    train_bf16 = precision == "bf16" and model.device.type == steps_device
+    prefix = model.prefix_cache.n_layers if model.prefix_cache is not None else 0
 
     def ref(tok: TokenizeResult, bf16: bool = False):
+        key = fingerprint + (f":bf16-autocast:fp32-bottom={prefix}" if bf16 else "")
         with torch.autocast(model.device.type, torch.bfloat16, enabled=bf16):
-            key = fingerprint + (":bf16-autocast" if bf16 else "")
             return reference_logps(model, tok.pairs, cache, pad_id, cfg.per_device_eval_batch_size, key, pack)
 
-    results = ([ref(train_tok, precision == "bf16")] if cfg.needs_policy else []) + [ref(t) for t in eval_toks]
+    results = ([ref(train_tok, train_bf16)] if cfg.needs_policy else []) + [ref(t) for t in eval_toks]
     hits = sum(r.hit for r in results)
     train_ref = results.pop(0).logps if cfg.needs_policy else None
     return train_ref, [r.logps for r in results], hits
@@ -264,9 +267,9 @@ def train(cfg: HafConfig, extra_eval: dict[str, list[PreferencePair]] | None = N
             raise DataError(f"extra eval set {name!r}: no pairs left after tokenisation")
     precision = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
     evals = [eval_tok, *extra_tok.values()]
+    _prefix_cache(cfg, model, [train_tok, *evals], cache, pad_id)  # before the references: they use it
     train_ref, refs, hits = _references(cfg, model, train_tok, evals, cache, pad_id, precision)
     eval_ref = refs[0]
-    _prefix_cache(cfg, model, [train_tok, eval_tok, *extra_tok.values()], cache, pad_id)
     meta = hafrm_meta(cfg, model_path, precision)
     eval_features = pair_features(eval_tok.pairs, eval_ref)
     trainer = HafTrainer(

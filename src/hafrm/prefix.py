@@ -126,8 +126,8 @@ def cached_forward(
     missing = sum(s is None for s in found)
     cache.hits += len(found) - missing
     cache.misses += missing
-    if missing:
-        with torch.no_grad():
+    if missing:  # in fp32 like the cached states, also inside a bf16 training step
+        with torch.no_grad(), torch.autocast(input_ids.device.type, enabled=False):
             bottom = bottom_states(
                 decoder, cache.n_layers, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
             )

@@ -26,15 +26,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from hafrm.config import MODES, HafConfig
 from hafrm.data.inspect import pair_record
 from hafrm.data.io import cap, load_source, split_by_prompt
 from hafrm.data.types import PreferencePair
 from hafrm.errors import DataError, HafError
 from hafrm.evaluate import EvalResult
-from hafrm.experiments.spec import MIXED, DatasetSpec, ExperimentSpec
+from hafrm.experiments.spec import MIXED, NOT_SHARED, DatasetSpec, ExperimentSpec
+from hafrm.precision import resolve_precision
 
 log = logging.getLogger(__name__)
+# Bump when a cell's training or evaluation computes differently for the same config and data,
+# so that finished cells made by older code are not reused (2: bf16 training references).
+CELL_VERSION = "2"
 HEAD_KEYS = {"reward": ("reward_chosen", "reward_rejected"), "implicit": ("implicit_chosen", "implicit_rejected")}
 
 
@@ -197,11 +203,15 @@ def _cell_setup(spec: ExperimentSpec, cell: Cell, out: Path) -> tuple[HafConfig,
     for key in ("output_dir", "data", "eval_data"):  # paths under the output folder; their bytes are hashed
         config.pop(key)
     config.pop("prefix_cache_mib")  # speed only: the cached path equals the full forward (checked each run)
+    for key in NOT_SHARED:  # read options of the split files, whose bytes are hashed
+        config.pop(key)
+    config["precision"] = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
     tests = [data_dir / f"{n}.test.jsonl" for n in spec.datasets]
     # a cell never sees the judge, and top_k only changes the analysis
     bon_fields = {k: v for k, v in spec.bon.items() if k not in ("judge", "top_k")} if spec.bon else spec.bon
     seen = (
         json.dumps(config, sort_keys=True)
+        + CELL_VERSION
         + _file_hash(train_files + tests)
         + json.dumps([spec.external, bon_fields, spec.keep_models, cell.train], sort_keys=True)
         + _file_hash([Path(p) for p in spec.external.values() if Path(p).is_file()])
