@@ -48,7 +48,10 @@ class BonSpec:
     def fingerprint(self) -> str:
         keys = ("prompts", "num_prompts", "n", "policy", "temperatures", "max_new_tokens", "seed", "eval_fraction",
                 "split_seed")  # fmt: skip
-        return hashlib.blake2b(json.dumps({k: getattr(self, k) for k in keys}).encode(), digest_size=8).hexdigest()
+        from hafrm.config import HafConfig
+
+        values = {k: getattr(self, k) for k in keys} | {"builtin_pairs": HafConfig().builtin_pairs}  # the prompts' pool
+        return hashlib.blake2b(json.dumps(values).encode(), digest_size=8).hexdigest()
 
 
 def held_out_prompts(spec: BonSpec) -> list[PreferencePair]:
