@@ -261,6 +261,7 @@ def test_experiment_end_to_end_tiny_model_resumes(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     first = runner.invoke(app, ["experiment", "--config", str(cfg), "--output-dir", str(out)])
     assert first.exit_code == 0, first.output
+    assert not list((out / "cells").glob("*/model/checkpoint-*"))  # no weights left behind (keep_models off)
     results = json.loads((out / "results.json").read_text())
     assert results["run"]["cells_planned"] == 3 * 2 + 3 + 2 and results["run"]["cells_run_now"] == 11
     assert set(results["in_distribution"]) == {"reward", "dpo", "hybrid", "hybrid (implicit)"}

@@ -312,6 +312,9 @@ def run_cell(
     extra = {Path(p).name: load_pairs(p, DataOptions(format="trl")) for p in other_tests}
     extra |= {f"external/{n}": load_pairs(p, DataOptions(on_error="skip")) for n, p in spec.external.items()}
     result = train(cfg, extra_eval=extra, save=spec.keep_models)
+    if not spec.keep_models:  # the Trainer's checkpoint of the last step (about 0.8 GB for SmolLM2)
+        for checkpoint in Path(cfg.output_dir).glob("checkpoint-*"):
+            shutil.rmtree(checkpoint)
     scores = _scores(result.eval_result, lambda i: result.eval_result.tags[i])
     for name, ev in result.extra_eval.items():
         if name.startswith("external/"):
