@@ -24,7 +24,7 @@ def test_records_are_short_single_user_turns_with_json_meta(pairs):
     for p in pairs:
         assert p.source == "builtin"
         assert p.prompt == [{"role": "user", "content": p.prompt[0]["content"]}]
-        assert set(p.meta) == {"skill", "subtype", "group", "spec"}
+        assert set(p.meta) == {"skill", "subset", "group", "spec"}
         json.dumps(p.meta)
         # ~4 characters a token: prompts <= ~27 tokens, responses <= ~17.
         assert len(p.prompt[0]["content"]) <= 110 and max(len(p.chosen), len(p.rejected)) <= 70
@@ -42,10 +42,10 @@ def test_skills_are_balanced_and_round_robin(pairs):
 
 
 def test_every_subtype_appears(pairs):
-    assert {p.meta["subtype"] for p in pairs} == {
-        "add", "subtract", "multiply",
-        "capital", "capital_of", "continent", "currency", "language",
-        "all_caps", "lowercase", "case_except", "keyword", "word_count", "list_items",
+    assert {p.meta["subset"] for p in pairs} == {
+        "arithmetic.add", "arithmetic.subtract", "arithmetic.multiply",
+        *(f"facts.{r}" for r in ("capital", "capital_of", "continent", "currency", "language")),
+        *(f"format.{s}" for s in ("all_caps", "lowercase", "case_except", "keyword", "word_count", "list_items")),
     }  # fmt: skip
 
 
@@ -108,7 +108,7 @@ def test_split_fraction_edges():
 
 
 def test_a_fact_and_its_reverse_question_share_a_group(pairs):
-    groups = {p.meta["group"] for p in pairs if p.meta["subtype"] in ("capital", "capital_of")}
+    groups = {p.meta["group"] for p in pairs if p.meta["subset"] in ("facts.capital", "facts.capital_of")}
     assert "capital:France/Germany/Italy" in groups
     assert all(g.startswith("capital:") for g in groups)
 

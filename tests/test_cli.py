@@ -59,6 +59,10 @@ def test_train_writes_model_metrics_and_table(trained):
     assert 0.0 <= metrics["eval/reward_head/accuracy"] <= 1.0
     assert metrics["train/steps"] == 4 and metrics["train/selected_step"] in (2, 4)
     assert "reward_head" in result.output and "implicit" in result.output and "│ all" in result.output
+    for skill in ("arithmetic", "facts", "format"):  # per skill, and per subtype under it
+        assert f"eval/tag/{skill}/reward_head/accuracy" in metrics
+        assert any(k.startswith(f"eval/subset/{skill}.") and k.endswith("/reward_head/accuracy") for k in metrics)
+    assert "arithmetic." in result.output
     assert json.loads((out / "hafrm_config.json").read_text())["mode"] == "hybrid"
 
 

@@ -386,15 +386,19 @@ def prepare_model(cache_dir: str | None = typer.Option(None, help=H("cache_dir")
 
 
 def print_eval_table(metrics: dict[str, float], title: str) -> None:
-    """Accuracy per head (columns) overall and per tag (rows), to stdout."""
+    """Accuracy per head (columns) overall, per tag and then per subset (rows), to stdout."""
     heads = [h for h in ("reward_head", "implicit") if f"{h}/accuracy" in metrics]
-    tags = sorted({k.split("/")[1] for k in metrics if k.startswith("tag/")})
     table = Table(title=title, caption="pairwise accuracy; ties count 0.5")
     table.add_column("subset")
     for h in heads:
         table.add_column(h, justify="right")
-    for tag in tags:
-        table.add_row(tag, *[f"{metrics.get(f'tag/{tag}/{h}/accuracy', float('nan')):.3f}" for h in heads])
+    for kind in ("tag", "subset"):
+        names = sorted({k.split("/")[1] for k in metrics if k.startswith(f"{kind}/")})
+        for name in names:
+            cells = [f"{metrics.get(f'{kind}/{name}/{h}/accuracy', float('nan')):.3f}" for h in heads]
+            table.add_row(name if kind == "tag" else f"  {name}", *cells)
+        if names:
+            table.add_section()
     table.add_row("[bold]all[/]", *[f"[bold]{metrics[f'{h}/accuracy']:.3f}[/]" for h in heads])
     Console().print(table)
 

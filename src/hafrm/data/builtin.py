@@ -31,8 +31,9 @@ class _Pool:
 
 
 def _pair(prompt: str, chosen: str, rejected: str, **meta: Any) -> PreferencePair:
-    """A built-in pair; `meta` is skill, subtype, group and spec."""
+    """A built-in pair; `meta` is skill, subset (skill.subtype: "arithmetic.add"...), group and spec."""
     message = {"role": "user", "content": prompt}
+    meta["subset"] = f"{meta['skill']}.{meta['subset']}"
     return PreferencePair([message], chosen, rejected, source="builtin", meta=meta)
 
 
@@ -201,7 +202,7 @@ def _build_facts(params: tuple, rng: random.Random) -> list[PreferencePair]:
             _fact_text(template, fact.entity, fact.answer),
             _fact_text(template, fact.entity, wrong),
             skill="facts",
-            subtype=fact.relation,
+            subset=fact.relation,
             group=fact.group,
             spec={
                 "kind": "facts",
@@ -264,8 +265,9 @@ def _problem_couples(op: str) -> Iterator[tuple[tuple[int, int], tuple[int, int]
 
     Small numbers on purpose: sums and differences of operands up to 30 move one operand by 1 or
     2 (the answer is off by 1 or 2); products from the times tables (one-digit a, b < 13) move b
-    by one, so the answer is one group of a off. A 135M backbone can verify these (its zero-shot
-    log-prob already prefers the right answer ~95% of the time); 1-2 digit sums it cannot.
+    by one, so the answer is one group of a off. The embedded 135M model's zero-shot log-probs
+    prefer the right answer on about 67% of these pairs (82% of the products); a reward head fine-
+    tuned on them learns to verify them, given enough steps (README, "What holds the reward head back").
     """
     if op == "multiply":
         for a in range(2, 10):
@@ -304,7 +306,7 @@ def _build_arithmetic(params: tuple, rng: random.Random) -> list[PreferencePair]
                 chosen,
                 rejected,
                 skill="arithmetic",
-                subtype=op,
+                subset=op,
                 group=group,
                 spec=spec,
             )
@@ -469,7 +471,7 @@ def _build_case(params: tuple, rng: random.Random) -> list[PreferencePair]:
             plain,
             odd,
             skill="format",
-            subtype=plain_kind,
+            subset=plain_kind,
             group=group,
             spec={"kind": plain_kind},
         ),
@@ -478,7 +480,7 @@ def _build_case(params: tuple, rng: random.Random) -> list[PreferencePair]:
             odd,
             plain,
             skill="format",
-            subtype="case_except",
+            subset="case_except",
             group=group,
             spec=except_spec,
         ),
@@ -506,7 +508,7 @@ def _build_keyword(params: tuple, rng: random.Random) -> list[PreferencePair]:
             text[w],
             text[other],
             skill="format",
-            subtype="keyword",
+            subset="keyword",
             group=f"keyword:{topic}",
             spec={"kind": "keyword", "word": w},
         )
@@ -537,7 +539,7 @@ def _build_word_count(params: tuple, rng: random.Random) -> list[PreferencePair]
                 chosen,
                 rejected,
                 skill="format",
-                subtype="word_count",
+                subset="word_count",
                 group=f"word_count:{topic}",
                 spec={"kind": "word_count", "n": n},
             )
@@ -566,7 +568,7 @@ def _build_list(params: tuple, rng: random.Random) -> list[PreferencePair]:
             chosen,
             rejected,
             skill="format",
-            subtype="list_items",
+            subset="list_items",
             group=f"list_items:{category}",
             spec={"kind": "list_items", "k": len(lst)},
         )
@@ -619,8 +621,8 @@ def generate_pairs(n: int, seed: int = 0, skills: Sequence[str] | None = None) -
     """n built-in pairs, the skills in equal shares, interleaved round-robin.
 
     Deterministic for a seed; every prompt is unique (one user message, no system message). Each
-    pair's `meta` holds `skill`, `subtype`, the split `group` and the `spec` that `verify` judges
-    any response against. ValueError for an unknown skill or more pairs than the templates make.
+    pair's `meta` holds `skill`, `subset` ("arithmetic.add"), the split `group` and the `spec` that
+    `verify` judges any response against. ValueError for an unknown skill or more pairs than the templates make.
     """
     skills = tuple(SKILLS if skills is None else skills)
     if not skills or len(set(skills)) != len(skills) or not set(skills) <= set(SKILLS):

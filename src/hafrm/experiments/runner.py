@@ -108,8 +108,8 @@ def _read_dataset(ds: DatasetSpec, spec: ExperimentSpec) -> tuple[list[Preferenc
 
 
 def _record(pair: PreferencePair, dataset: str) -> dict[str, Any]:
-    """The normalised record, with the dataset as its source (metrics are per source) and a
-    built-in skill kept as the subset."""
+    """The normalised record, with the dataset as its source (metrics are per source); a
+    built-in pair keeps its subset ("arithmetic.add"), other pairs with a skill get it as theirs."""
     meta = dict(pair.meta)
     if "skill" in meta:
         meta.setdefault("subset", meta.pop("skill"))
