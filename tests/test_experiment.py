@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -364,3 +365,25 @@ def test_a_methods_own_logging_steps_is_kept(tmp_path):
     cfg = _cell_setup(spec, cells["reward--arith--s0"], tmp_path)[0]
     n_train = sum(1 for _ in (tmp_path / "data" / "arith.train.jsonl").open())
     assert cfg.logging_steps == max(1, math.ceil(n_train / cfg.per_device_train_batch_size) // 20)  # a curve's worth
+
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not here")
+def test_committed_paper_cells_still_match_paper_yaml(tmp_path, monkeypatch):
+    # docs/paper/cells hold hours of finished cells; a rerun of paper.yaml continues from them
+    # only while their fingerprints (config, code version, data bytes) still match.
+    from hafrm.experiments.runner import _cell_setup, prepare_data
+    from hafrm.experiments.spec import load_experiment
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the file's ../shared paths are relative to the checkout
+    spec = load_experiment(root / "experiments" / "paper.yaml")
+    prepare_data(spec, tmp_path)
+    cells = {c.id: c for c in plan_cells(spec)}
+    committed = sorted((root / "docs" / "paper" / "cells").glob("*/cell.json"))
+    assert committed
+    for f in committed:
+        fingerprint = _cell_setup(spec, cells[f.parent.name], tmp_path)[2]
+        assert json.loads(f.read_text())["fingerprint"] == fingerprint, f.parent.name

@@ -80,6 +80,9 @@ def train(
     pku_safety_filter: bool | None = typer.Option(None, "--pku-safety-filter", help=H("pku_safety_filter")),
     cache_dir: str | None = typer.Option(None, help=H("cache_dir")),
     packing: bool | None = typer.Option(None, "--packing/--no-packing", help=H("packing")),
+    group_by_length: bool | None = typer.Option(
+        None, "--group-by-length/--no-group-by-length", help=H("group_by_length")
+    ),
     prefix_cache_mib: int | None = typer.Option(None, help=H("prefix_cache_mib")),
     resume: bool = typer.Option(False, "--resume", help=H("resume")),
 ) -> None:

@@ -129,6 +129,11 @@ class HafConfig:
     )
     packing: bool = _f(True, "Pack each batch's sequences into rows without padding (block-causal attention).")
     pack_length: int = _f(1024, "Tokens per packed row (with --packing); a longer sequence gets its own row.")
+    group_by_length: bool = _f(
+        True,
+        "Batch pairs of similar length (the Trainer's length-grouped sampler; less padding without --packing). "
+        "Off: batches drawn at random (with the built-in task, length-sorted batches are sorted by skill too).",
+    )
     prefix_cache_mib: int = _f(
         4096,
         "With freeze_layers > 0: memory for the frozen layers' output per sequence, computed once per data set "

@@ -152,7 +152,7 @@ def _training_args(cfg: HafConfig, n_train: int) -> TrainingArguments:
         seed=cfg.seed,
         bf16=False,  # HafTrainer autocasts its training steps itself (bf16_steps), not evaluation
         remove_unused_columns=False,
-        train_sampling_strategy="group_by_length",  # batches of similar length: less padding
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         report_to="none",
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),

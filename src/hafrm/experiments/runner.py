@@ -203,6 +203,8 @@ def _cell_setup(spec: ExperimentSpec, cell: Cell, out: Path) -> tuple[HafConfig,
     for key in ("output_dir", "data", "eval_data"):  # paths under the output folder; their bytes are hashed
         config.pop(key)
     config.pop("prefix_cache_mib")  # speed only: the cached path equals the full forward (checked each run)
+    if config["group_by_length"]:  # cells finished before the option existed were length-grouped
+        config.pop("group_by_length")
     for key in NOT_SHARED:  # read options of the split files, whose bytes are hashed
         config.pop(key)
     config["precision"] = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
