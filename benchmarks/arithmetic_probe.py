@@ -4,7 +4,8 @@
 
 A diagnostic for the main job's weak spot (the reward head scores the built-in arithmetic near
 chance while the implicit reward, a log-prob difference, does not). For the built-in arithmetic
-pairs (the group split the main job uses), it takes the frozen embedded model's hidden states at
+pairs as the main job sees them (its empty system turn, its group split), it takes the frozen
+embedded model's hidden states at
 a few layers and at the last three positions (the answer's last token, `<|im_end|>` and the
 template's trailing newline, where the reward is read), and fits an L2 logistic regression on
 chosen - rejected (both signs) over the training pairs: the held-out accuracy is what a linear
@@ -22,9 +23,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from hafrm.data.builtin import generate_pairs, split_pairs
+from hafrm.config import HafConfig
+from hafrm.data.builtin import split_pairs
 from hafrm.data.tokenize import PairTokenizer
 from hafrm.models import load_backbone
+from hafrm.pipeline import builtin_pairs
 
 LAYERS = (10, 15, 20, 25, 30)
 POSITIONS = {-3: "answer's last token", -2: "<|im_end|>", -1: "trailing newline (reward read here)"}
@@ -80,7 +83,8 @@ def main() -> None:
     model, tokenizer, path = load_backbone("smollm2")
     model.eval()
     encoder = PairTokenizer(tokenizer, max_length=512, max_prompt_length=256)
-    train, test = split_pairs(generate_pairs(args.pairs, seed=args.seed, skills=["arithmetic"]), 0.2, args.seed)
+    pairs = builtin_pairs(HafConfig(seed=args.seed), ("arithmetic",), n=args.pairs)  # as the main job sees them
+    train, test = split_pairs(pairs, 0.2, args.seed)
     f_train, logp_train = features(model, encoder, train)
     f_test, logp_test = features(model, encoder, test)
     rows = []
