@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from hafrm.data.builtin import SKILLS, generate_pairs, split_pairs, verify
+from hafrm.data.builtin import SKILLS, generate_pairs, max_pairs, split_pairs, verify
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,14 @@ def test_each_skill_makes_enough_unique_pairs(skill, n):
 def test_too_many_pairs_is_a_clear_error():
     with pytest.raises(ValueError, match="ask for fewer pairs"):
         generate_pairs(100_000, skills=["format"])
+
+
+@pytest.mark.parametrize("skills", [None, ["arithmetic"], ["format"], ["arithmetic", "facts"]])
+def test_max_pairs_is_the_exact_limit(skills):
+    most = max_pairs(skills)
+    assert len(generate_pairs(most, skills=skills)) == most
+    with pytest.raises(ValueError, match="ask for fewer pairs"):
+        generate_pairs(most + 1, skills=skills)
 
 
 @pytest.mark.parametrize("skills", [["poetry"], ["facts", "facts"], []])

@@ -202,6 +202,14 @@ def test_freezing_more_layers_than_the_model_has_is_exit_2(tiny_model_dir, tmp_p
     assert "freeze_layers: cannot freeze 9 layers: the decoder has 8 layers" in result.output
 
 
+def test_more_builtin_pairs_than_the_templates_make_is_exit_2(tiny_model_dir, tmp_path):
+    args = ["train", "--model", str(tiny_model_dir), "--builtin-pairs", "5000", "--output-dir", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "builtin_pairs: 5000 pairs of arithmetic+facts+format asked for" in result.output
+    assert "at most 3462 unique ones" in result.output
+
+
 def test_optimisation_flags_reach_the_config(monkeypatch):
     import hafrm.pipeline
     from hafrm.errors import HafError

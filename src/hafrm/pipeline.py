@@ -79,6 +79,13 @@ def builtin_pairs(cfg: HafConfig, skills: tuple[str, ...] | None = None, n: int 
     if n is None:
         n = cfg.builtin_pairs * len(skills) // len(builtin.SKILLS)
     system = {"role": "system", "content": BUILTIN_SYSTEM_PROMPT}
+    most = builtin.max_pairs(skills)
+    if n > most:
+        whole = f"; {builtin.max_pairs()} for the whole task" if len(skills) < len(builtin.SKILLS) else ""
+        raise ConfigError(
+            f"builtin_pairs: {n} pairs of {'+'.join(skills)} asked for (builtin_pairs {cfg.builtin_pairs}), but "
+            f"the built-in templates make at most {most} unique ones{whole}"
+        )
     pairs = builtin.generate_pairs(n, seed=cfg.seed, skills=skills)
     return [dataclasses.replace(p, prompt=[system, *p.prompt]) for p in pairs]
 

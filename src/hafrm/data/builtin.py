@@ -590,6 +590,26 @@ def _pools(skill: str) -> list[_Pool]:
     ]
 
 
+def _fits(n: int, skills: tuple[str, ...]) -> bool:
+    """Whether every subtype has unique problems enough for its share of n pairs."""
+    return all(
+        share <= 2 * len(pool.params)
+        for skill, k in zip(skills, _shares(n, len(skills)), strict=True)
+        for pool, share in zip(_pools(skill), _shares(k, len(_pools(skill))), strict=True)
+    )
+
+
+def max_pairs(skills: Sequence[str] | None = None) -> int:
+    """The most pairs `generate_pairs` can make for these skills (shares are equal, so the
+    subtype with the fewest unique problems sets the limit)."""
+    skills = tuple(SKILLS if skills is None else skills)
+    lo, hi = 0, sum(2 * len(p.params) for s in skills for p in _pools(s))  # _fits(lo) holds
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if _fits(mid, skills) else (lo, mid - 1)
+    return lo
+
+
 def _shares(n: int, k: int) -> list[int]:
     """n split round-robin over k buckets: the first n % k buckets get one more."""
     return [n // k + (i < n % k) for i in range(k)]
