@@ -49,6 +49,6 @@ def arch(request) -> str:
 def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     """A saved tiny random Llama with the real tokenizer: a model folder for CLI tests."""
     path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_backbone("llama", len(tokenizer), layers=8).save_pretrained(path)  # > default freeze_layers
+    tiny_backbone("llama", len(tokenizer), layers=8).save_pretrained(path)  # freeze tests go up to 8
     tokenizer.save_pretrained(path)
     return path

@@ -364,7 +364,8 @@ def test_a_methods_own_logging_steps_is_kept(tmp_path):
     assert _cell_setup(spec, cells["haf--arith--s0"], tmp_path)[0].logging_steps == 7
     cfg = _cell_setup(spec, cells["reward--arith--s0"], tmp_path)[0]
     n_train = sum(1 for _ in (tmp_path / "data" / "arith.train.jsonl").open())
-    assert cfg.logging_steps == max(1, math.ceil(n_train / cfg.per_device_train_batch_size) // 20)  # a curve's worth
+    steps = int(math.ceil(n_train / cfg.per_device_train_batch_size) * cfg.num_train_epochs)
+    assert cfg.logging_steps == max(1, steps // 20)  # a curve's worth
 
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -106,3 +106,20 @@ def test_response_lengths_count_response_tokens_only(tokenizer):
     want = [len(p.chosen_ids) - p.chosen_prompt_len for p in tok.pairs]
     want += [len(p.rejected_ids) - p.rejected_prompt_len for p in tok.pairs]
     assert out[1].tolist() == want
+
+
+@pytest.mark.parametrize(("n", "frozen"), [(3, 3), (8, 8), (-3, 5), (-8, 0), (-10, 0), (0, 0)])
+def test_freeze_bottom_counts_from_the_top_when_negative(n, frozen):
+    model = HybridRewardModel(tiny_backbone("llama", 64, layers=8))
+    assert model.freeze_bottom(n) == frozen
+    layers = model.decoder().layers
+    assert [any(p.requires_grad for p in layer.parameters()) for layer in layers] == [False] * frozen + [True] * (
+        8 - frozen
+    )
+    assert model.backbone.get_input_embeddings().weight.requires_grad == (frozen == 0)
+    assert all(p.requires_grad for p in model.reward_head.parameters())
+
+
+def test_freezing_more_layers_than_the_decoder_has_names_both():
+    with pytest.raises(ValueError, match="cannot freeze 9 layers: the decoder has 8 layers"):
+        HybridRewardModel(tiny_backbone("llama", 64, layers=8)).freeze_bottom(9)

@@ -47,14 +47,26 @@ def test_bf16_autocasts_training_steps_and_their_reference_not_evaluation(tiny_m
         return original_ref(*args, **kwargs)
 
     monkeypatch.setattr(hafrm.pipeline, "reference_logps", ref_spy)
+    fills: list[tuple[int, bool]] = []  # (sequences, autocast on) per frozen-prefix set filled
+    original_fill = hafrm.pipeline.fill
+
+    def fill_spy(model, sequences, *args, **kwargs):
+        fills.append((len(sequences), torch.is_autocast_enabled("cpu")))
+        return original_fill(model, sequences, *args, **kwargs)
+
+    monkeypatch.setattr(hafrm.pipeline, "fill", fill_spy)
     cfg = HafConfig(model=str(tiny_model_dir), freeze_layers=2, builtin_pairs=24, per_device_train_batch_size=4,
-                    max_steps=2, output_dir=str(tmp_path / "m"), precision="bf16")  # fmt: skip
+                    max_steps=2, output_dir=str(tmp_path / "m"), precision="bf16",
+                    cache_dir=str(tmp_path / "c"))  # fmt: skip
     assert train(cfg).precision == "bf16"
     steps = [autocast for training, autocast in seen if training]
     evals = [autocast for training, autocast in seen if not training]
     assert len(steps) == 2 and all(steps)
     assert evals and not any(evals)
     assert refs == [True, False]  # the training side at the steps' precision, the eval side in fp32
+    # the frozen layers' states: the eval set's first, in fp32; then the training set's, as a bf16 step computes them
+    (n_eval, eval_autocast), (n_train, train_autocast) = fills
+    assert not eval_autocast and train_autocast and n_train > n_eval
 
 
 @pytest.mark.parametrize("prefix_cache_mib", [64, 0])  # frozen-prefix cache on, off

@@ -78,7 +78,11 @@ class HafConfig:
     simpo_gamma: float = _f(0.5, "SimPO target margin gamma (loss 'simpo' only).")
     use_margin: bool = _f(False, "Subtract each pair's `margin` field inside the BT loss.")
     center_rewards_coefficient: float = _f(0.0, "Weight of the reward-centering loss (r_w+r_l)^2.")
-    freeze_layers: int = _f(6, "Freeze the input embeddings and the bottom N decoder layers (0 = train everything).")
+    freeze_layers: int = _f(
+        -10,
+        "Freeze the input embeddings and the bottom N decoder layers; negative N freezes all but the top |N| "
+        "(-10: train the top 10 layers, whatever the depth); 0 = train everything.",
+    )
     # data
     data: list[str] = _f(
         ["builtin"],
@@ -113,7 +117,7 @@ class HafConfig:
     per_device_train_batch_size: int = _f(8, "Pairs per micro-batch (2x sequences).")
     gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
     per_device_eval_batch_size: int = _f(16, "Pairs per eval batch.")
-    num_train_epochs: float = _f(1.0, "Epochs over the training pairs (ignored if max_steps > 0).")
+    num_train_epochs: float = _f(3.0, "Epochs over the training pairs (ignored if max_steps > 0).")
     max_steps: int = _f(-1, "Total optimizer steps; -1 = use num_train_epochs.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
     eval_steps: int | None = _f(None, "Evaluate every N steps (default: twice per run).")
@@ -136,7 +140,7 @@ class HafConfig:
     )
     prefix_cache_mib: int = _f(
         4096,
-        "With freeze_layers > 0: memory for the frozen layers' output per sequence, computed once per data set "
+        "With frozen layers: memory for their output per sequence, computed once per data set "
         "(and kept on disk), so each step runs only the layers above (0 = off; a larger set runs them every step).",
     )
     cache_dir: str | None = _f(None, "Cache for models, reference log-probs and frozen-prefix states (~/.cache/hafrm).")
@@ -182,8 +186,6 @@ class HafConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.prefix_cache_mib < 0:
             raise ConfigError(f"prefix_cache_mib must be >= 0, got {self.prefix_cache_mib}")
-        if self.freeze_layers < 0:
-            raise ConfigError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
         if not 0 < self.eval_fraction < 1:
             raise ConfigError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
         self._validate_data()

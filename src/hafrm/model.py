@@ -180,22 +180,28 @@ class HybridRewardModel(nn.Module):
             )
         return HybridOutput(rewards=rewards, logps=logps, response_lengths=lengths)
 
-    def freeze_bottom(self, n_layers: int) -> None:
-        """Freeze the input embeddings and the first `n_layers` decoder layers.
+    def freeze_bottom(self, n_layers: int) -> int:
+        """Freeze the input embeddings and the first `n_layers` decoder layers (negative: all but
+        the last `-n_layers`, none if the decoder has no more than that); returns how many.
 
-        Backward then stops at layer `n_layers`: less compute and optimizer state. With tied
+        Backward then stops at that layer: less compute and optimizer state. With tied
         embeddings the LM head's weight is frozen too; the policy head still learns through the
         layers above. The reward head always trains.
         """
-        if n_layers <= 0:
-            return
+        if n_layers == 0:
+            return 0
         layers = getattr(self.decoder(), "layers", None)
-        if layers is None or n_layers > len(layers):
-            have = "no .layers" if layers is None else f"{len(layers)} layers"
-            raise ValueError(f"cannot freeze {n_layers} layers: the decoder has {have}")
+        if layers is None:
+            raise ValueError(f"cannot freeze layers ({n_layers}): the decoder has no .layers (0 trains everything)")
+        if n_layers > len(layers):
+            raise ValueError(f"cannot freeze {n_layers} layers: the decoder has {len(layers)} layers")
+        n_layers = n_layers if n_layers > 0 else max(0, len(layers) + n_layers)
+        if n_layers == 0:
+            return 0
         self.backbone.get_input_embeddings().weight.requires_grad_(False)
         for layer in layers[:n_layers]:
             layer.requires_grad_(False)
+        return n_layers
 
     # persistence -----------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, hafrm_config: dict[str, Any] | None = None) -> None:

@@ -181,16 +181,30 @@ def prefix_blocker(cfg: HafConfig, model: HybridRewardModel) -> str | None:
 
 
 def _prefix_cache(
-    cfg: HafConfig, model: HybridRewardModel, toks: list[TokenizeResult], cache: Path, pad_id: int
+    cfg: HafConfig,
+    model: HybridRewardModel,
+    frozen: int,
+    train_tok: TokenizeResult,
+    eval_toks: list[TokenizeResult],
+    cache: Path,
+    pad_id: int,
+    train_bf16: bool = False,
 ) -> None:
     """Turn on the frozen-prefix cache (hafrm.prefix) when layers are frozen, after checking on
-    a real batch that the cached path equals the full forward, and fill it from disk or once."""
-    if cfg.freeze_layers <= 0 or cfg.prefix_cache_mib <= 0:
+    a real batch that the cached path equals the full forward, and fill it from disk or once.
+
+    The eval sets' states are computed in fp32 whatever training's precision: evaluation and
+    scoring run in fp32, so the evaluation during training then equals a later `hafrm eval` of
+    the saved model. With `train_bf16` the training set's states are computed under the bf16
+    autocast of the training steps, as an uncached bf16 step computes them (about twice as fast
+    as fp32 here); the eval sets are filled first, so a sequence in both keeps its fp32 states."""
+    if frozen <= 0 or cfg.prefix_cache_mib <= 0:
         return
     why = prefix_blocker(cfg, model)
     if why:
         log.warning("frozen-prefix cache off: %s", why)
         return
+    toks = [*eval_toks, train_tok]
     hidden = model.config.get_text_config().hidden_size
     sequences = [s for tok in toks for p in tok.pairs for s in (p.chosen_ids, p.rejected_ids)]
     need = sum(len(s) for s in sequences) * hidden * 4
@@ -198,41 +212,48 @@ def _prefix_cache(
         log.warning("frozen-prefix cache off: %.0f MiB of states > prefix_cache_mib %d; the frozen layers run every "
                     "step", need / 2**20, cfg.prefix_cache_mib)  # fmt: skip
         return
-    model.prefix_cache = PrefixCache(cfg.freeze_layers, cfg.prefix_cache_mib * 2**20)
+    model.prefix_cache = PrefixCache(frozen, cfg.prefix_cache_mib * 2**20)
     longest = sorted(sequences, key=len)[-4:]  # the longest: a sliding window or long-range rope shows there
     probe = pad_rows(longest, [0] * len(longest), pad_id)
     mask = probe["attention_mask"]
-    # In fp32 whatever training's precision: evaluation and scoring run in fp32, so the evaluation
-    # during training then equals a later `hafrm eval` of the saved model; bf16 training steps
-    # take the fp32 states as they would take fp32 embeddings.
     diff = verify(model, probe["input_ids"], position_ids_from_mask(mask), mask)
     if not diff <= 1e-3:
         log.warning("frozen-prefix cache off: the cached path differs from the full forward by %.2g here", diff)
         model.prefix_cache = None
         return
     fingerprint = model_fingerprint(model)
-    hits = [fill(model, [s for p in t.pairs for s in (p.chosen_ids, p.rejected_ids)], cache, fingerprint, pad_id,
-                 cfg.pack_length)[1] for t in toks]  # fmt: skip
+    hits = []
+    for tok in toks:
+        bf16 = train_bf16 and tok is train_tok
+        with torch.autocast(model.device.type, torch.bfloat16, enabled=bf16):
+            seqs = [s for p in tok.pairs for s in (p.chosen_ids, p.rejected_ids)]
+            hits.append(fill(model, seqs, cache, fingerprint + (":bf16-autocast" if bf16 else ""), pad_id,
+                             cfg.pack_length)[1])  # fmt: skip
     log.info("frozen-prefix cache: %d sequences, %.0f MiB, %d of %d sets from disk", len(model.prefix_cache),
              model.prefix_cache.bytes / 2**20, sum(hits), len(hits))  # fmt: skip
+
+
+def _steps_bf16(model: HybridRewardModel, precision: str) -> bool:
+    """Whether the training steps will run under bf16 autocast (on the device the Trainer uses)."""
+    steps_device = "cuda" if torch.cuda.is_available() else "cpu"
+    return precision == "bf16" and model.device.type == steps_device
 
 
 def _references(cfg, model, train_tok, eval_toks, cache, pad_id, precision) -> tuple[Any, list[Any], int]:
     """Reference log-probs for train (if the loss needs them) and every eval set (always, for the
     implicit head), through the frozen-prefix cache when it is on. The training side is computed
-    the way the training steps compute the policy's (bf16 autocast above fp32 frozen-prefix
-    states), so the policy starts equal to its reference, as DPO assumes; the eval side in fp32,
-    like evaluation itself."""
+    the way the training steps compute the policy's (under their bf16 autocast, above the
+    training set's frozen-prefix states, computed under the same autocast), so the policy starts
+    equal to its reference, as DPO assumes; the eval side in fp32, like evaluation itself."""
     if not cfg.needs_reference:
         return None, [None] * len(eval_toks), 0
     fingerprint = model_fingerprint(model)
     pack = cfg.pack_length if cfg.packing else None
-    steps_device = "cuda" if torch.cuda.is_available() else "cpu"  # where the Trainer will run the steps
-    train_bf16 = precision == "bf16" and model.device.type == steps_device
+    train_bf16 = _steps_bf16(model, precision)
     prefix = model.prefix_cache.n_layers if model.prefix_cache is not None else 0
 
     def ref(tok: TokenizeResult, bf16: bool = False):
-        key = fingerprint + (f":bf16-autocast:fp32-bottom={prefix}" if bf16 else "")
+        key = fingerprint + (f":bf16-autocast:bf16-bottom={prefix}" if bf16 else "")
         with torch.autocast(model.device.type, torch.bfloat16, enabled=bf16):
             return reference_logps(model, tok.pairs, cache, pad_id, cfg.per_device_eval_batch_size, key, pack)
 
@@ -256,7 +277,7 @@ def train(cfg: HafConfig, extra_eval: dict[str, list[PreferencePair]] | None = N
     model.logprob_chunk_size = cfg.logprob_chunk_size
     model.keep_logits_bytes = cfg.logprob_keep_mib * 2**20
     try:
-        model.freeze_bottom(cfg.freeze_layers)
+        frozen = model.freeze_bottom(cfg.freeze_layers)
     except ValueError as e:
         raise ConfigError(f"freeze_layers: {e}") from None
     train_pairs, eval_pairs, data_reports = load_data(cfg)
@@ -274,7 +295,8 @@ def train(cfg: HafConfig, extra_eval: dict[str, list[PreferencePair]] | None = N
             raise DataError(f"extra eval set {name!r}: no pairs left after tokenisation")
     precision = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
     evals = [eval_tok, *extra_tok.values()]
-    _prefix_cache(cfg, model, [train_tok, *evals], cache, pad_id)  # before the references: they use it
+    # before the references: they use it
+    _prefix_cache(cfg, model, frozen, train_tok, evals, cache, pad_id, _steps_bf16(model, precision))
     train_ref, refs, hits = _references(cfg, model, train_tok, evals, cache, pad_id, precision)
     eval_ref = refs[0]
     meta = hafrm_meta(cfg, model_path, precision)
