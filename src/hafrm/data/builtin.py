@@ -590,23 +590,23 @@ def _pools(skill: str) -> list[_Pool]:
     ]
 
 
-def _fits(n: int, skills: tuple[str, ...]) -> bool:
-    """Whether every subtype has unique problems enough for its share of n pairs."""
-    return all(
-        share <= 2 * len(pool.params)
-        for skill, k in zip(skills, _shares(n, len(skills)), strict=True)
-        for pool, share in zip(_pools(skill), _shares(k, len(_pools(skill))), strict=True)
-    )
-
-
 def max_pairs(skills: Sequence[str] | None = None) -> int:
     """The most pairs `generate_pairs` can make for these skills (shares are equal, so the
     subtype with the fewest unique problems sets the limit)."""
     skills = tuple(SKILLS if skills is None else skills)
-    lo, hi = 0, sum(2 * len(p.params) for s in skills for p in _pools(s))  # _fits(lo) holds
+    caps = [[2 * len(pool.params) for pool in _pools(skill)] for skill in skills]  # unique pairs per subtype
+
+    def fits(n: int) -> bool:  # the shares _generate_skill would ask of each subtype
+        return all(
+            share <= cap
+            for skill_caps, k in zip(caps, _shares(n, len(caps)), strict=True)
+            for cap, share in zip(skill_caps, _shares(k, len(skill_caps)), strict=True)
+        )
+
+    lo, hi = 0, sum(map(sum, caps))  # fits(lo) holds
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if _fits(mid, skills) else (lo, mid - 1)
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
     return lo
 
 
