@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # installed without its dependencies (they are an unrelated CLI).
 STAMP := $(VENV)/.installed-0.1.0
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench clean consumers
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,27 @@ setup: $(STAMP)
 
 run: setup
 	$(BIN)/hafrm train --output-dir runs/main
+
+# The tools our users feed a reward model into, each in its own venv because each pins its own
+# stack: OpenRLHF (its import chain needs deepspeed and flash-attn; flash-attn is built without
+# its CUDA part, and imports through its Triton backend) and RewardBench (an older transformers).
+# tests/test_consumers.py runs the real packages from them, and skips a venv that failed to build.
+OPENRLHF := .venv-openrlhf
+REWARDBENCH := .venv-rewardbench
+
+$(OPENRLHF)/.installed: Makefile
+	rm -rf $(OPENRLHF)
+	$(PYTHON) -m venv $(OPENRLHF)
+	$(OPENRLHF)/bin/python -m pip install -q torch==2.13.0 transformers==5.24.0 accelerate peft einops sympy pylatexenc aiohttp
+	DS_BUILD_OPS=0 $(OPENRLHF)/bin/python -m pip install -q torch==2.13.0 deepspeed==0.19.6 triton==3.4.0
+	FLASH_ATTENTION_SKIP_CUDA_BUILD=TRUE FLASH_ATTENTION_FORCE_BUILD=TRUE \
+		$(OPENRLHF)/bin/python -m pip install -q --no-deps --no-build-isolation flash-attn==2.8.3
+	$(OPENRLHF)/bin/python -m pip install -q --no-deps openrlhf==0.11.2
+	touch $@
+
+consumers:
+	-$(MAKE) $(OPENRLHF)/.installed
+	-$(MAKE) $(REWARDBENCH)/.installed
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

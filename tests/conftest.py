@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from hafrm.models import prepare_embedded
-from helpers import tiny_backbone
+from helpers import save_tiny_reward_model, tiny_backbone
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -52,3 +52,9 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     tiny_backbone("llama", len(tokenizer), layers=8).save_pretrained(path)  # freeze tests go up to 8
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_rm_dir(tmp_path_factory, tokenizer) -> Path:
+    """A hafrm model folder: a tiny random Llama, a random reward head and stored score statistics."""
+    return save_tiny_reward_model(tmp_path_factory.mktemp("tiny-rm"), tokenizer)

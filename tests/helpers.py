@@ -6,6 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from hafrm.data.types import PreferencePair
+from hafrm.model import HybridRewardModel
 
 
 def tiny_backbone(arch: str, vocab_size: int, seed: int = 0, layers: int = 2):
@@ -44,3 +45,20 @@ def make_pairs(n: int = 6) -> list[PreferencePair]:
             )
         )
     return pairs
+
+
+def save_tiny_reward_model(path, tokenizer, arch: str = "llama", meta: dict | None = None, head=None):
+    """A hafrm model folder with a random reward head (scores differ by input) and reward statistics."""
+    model = HybridRewardModel(tiny_backbone(arch, len(tokenizer)), reward_head=head)
+    if head is None:
+        torch.manual_seed(1)
+        torch.nn.init.normal_(model.reward_head.weight, std=0.5)
+    meta = meta or {
+        "mode": "hybrid",
+        "inference_head": "reward",
+        "beta": 0.1,
+        "reward_stats": {"reward": {"mean": 0.25, "std": 2.0, "n": 10, "data": "made up"}},
+    }
+    model.save_pretrained(path, hafrm_config=meta)
+    tokenizer.save_pretrained(path)
+    return path

@@ -11,7 +11,6 @@ from hafrm.cli import app
 from hafrm.errors import ConfigError
 from hafrm.experiments import parse_experiment, plan_cells
 from hafrm.experiments.analysis import (
-    REWARDBENCH_SECTIONS,
     accuracy_grid,
     best_of_n,
     calibration,
@@ -19,9 +18,9 @@ from hafrm.experiments.analysis import (
     comparisons,
     in_distribution,
     out_of_distribution,
-    rewardbench_sections,
     sign_test,
 )
+from hafrm.rewardbench import REWARDBENCH_SECTIONS, rewardbench_sections
 
 runner = CliRunner()
 

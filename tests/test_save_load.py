@@ -12,7 +12,6 @@ from helpers import make_pairs, tiny_backbone
 def test_save_load_identical_scores(tokenizer, tmp_path):
     model = HybridRewardModel(tiny_backbone("qwen2", len(tokenizer)))
     torch.nn.init.normal_(model.reward_head.weight, std=0.5)
-    model.reward_head.bias.data.fill_(0.25)
     model.save_pretrained(tmp_path, hafrm_config={"mode": "hybrid", "inference_head": "reward", "beta": 0.1})
     tokenizer.save_pretrained(tmp_path)
     pairs = make_pairs(5)
@@ -29,6 +28,24 @@ def test_save_load_identical_scores(tokenizer, tmp_path):
     # the policy head is an ordinary causal LM folder
     plain = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert torch.equal(plain.lm_head.weight, loaded.model.backbone.lm_head.weight)
+
+
+def test_a_folder_saved_with_a_biased_head_loads_with_its_bias(tokenizer, tmp_path):
+    """Folders written before the head lost its bias keep scoring as they did."""
+    head = torch.nn.Linear(32, 1)
+    torch.nn.init.normal_(head.weight, std=0.5)
+    head.bias.data.fill_(0.25)
+    model = HybridRewardModel(tiny_backbone("llama", len(tokenizer)), reward_head=head).eval()
+    model.save_pretrained(tmp_path, hafrm_config={"mode": "hybrid", "inference_head": "reward"})
+    tokenizer.save_pretrained(tmp_path)
+    from hafrm.scoring import RewardModel
+
+    pairs = make_pairs(3)
+    prompts, responses = [p.prompt for p in pairs], [p.chosen for p in pairs]
+    before = RewardModel(model, tokenizer, {}, tmp_path).score_batch(prompts, responses)
+    loaded = hafrm.load(tmp_path)
+    assert loaded.model.reward_head.bias.item() == 0.25
+    assert loaded.score_batch(prompts, responses) == pytest.approx(before, abs=1e-6)
 
 
 def test_load_rejects_a_non_hafrm_folder(tiny_model_dir):

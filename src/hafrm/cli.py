@@ -120,16 +120,26 @@ def eval_cmd(
     on_error: OnErrorOption = "raise",
     pku_label: PkuLabelOption = "safer",
     pku_safety_filter: PkuFilterOption = False,
+    save_stats: bool = typer.Option(
+        False, "--save-stats", help="Store each head's score mean and std on this data in the model folder."
+    ),
 ) -> None:
-    """Pairwise accuracy of every head of a trained model, overall, per source or skill, per subset."""
+    """Pairwise accuracy of every head of a trained model, overall, per source or skill, per subset,
+    RewardBench's sections where their subsets are present; each head's score mean and std."""
     try:
         from hafrm.commands import evaluate_model_dir
 
         opts = _data_options(data_format, data_map, pku_label, pku_safety_filter, on_error)
-        metrics = evaluate_model_dir(model_dir, data, opts)
+        metrics = evaluate_model_dir(model_dir, data, opts, save_stats=save_stats)
     except HafError as e:
         _fail(str(e))
     print_eval_table(metrics, title=f"accuracy of {model_dir}")
+    heads = [h for h in ("reward_head", "implicit") if f"{h}/mean" in metrics]
+    console.print(
+        "scores: " + "; ".join(f"{h} mean {metrics[f'{h}/mean']:.4g}, std {metrics[f'{h}/std']:.4g}" for h in heads)
+        + (f" (stored in {model_dir})" if save_stats else ""),
+        highlight=False,
+    )
     if out:
         out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
@@ -141,12 +151,19 @@ def score(
     output: Path | None = typer.Option(None, help="Write JSONL records with scores (default: scores to stdout)."),
     head: str | None = typer.Option(None, help="reward or implicit (default: the model's own)."),
     batch_size: int = typer.Option(16, help="Sequences per forward."),
+    normalize: bool = typer.Option(
+        False, "--normalize", help="(score - mean) / std, with the statistics stored in the model folder."
+    ),
+    plot: Path | None = typer.Option(None, help="Write a histogram of the scores (chosen vs rejected) as PNG."),
 ) -> None:
     """Score responses: one score per line, or the records with scores added (--output)."""
     try:
-        from hafrm.commands import score_file
+        from hafrm.commands import plot_scores, score_file
 
-        lines = score_file(model_dir, input, head, batch_size)
+        lines = score_file(model_dir, input, head, batch_size, normalize=normalize)
+        if plot:
+            plot_scores(lines, plot, title=f"{model_dir.name}: {input.name}")
+            console.print(f"wrote {plot}", highlight=False)
     except HafError as e:
         _fail(str(e))
     if output:
@@ -155,6 +172,83 @@ def score(
     else:
         for r in lines:
             print(r["score"] if "score" in r else f"{r['score_chosen']}\t{r['score_rejected']}")
+
+
+@app.command()
+def export(
+    model_dir: Path = typer.Argument(..., help="A folder written by `hafrm train`."),
+    out: Path = typer.Argument(..., help="The folder to write."),
+    to: str = typer.Option(
+        "seq-cls", "--to", help="seq-cls (AutoModelForSequenceClassification, head `score`) or causal-lm (the policy)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Export a model to the standard folders TRL, OpenRLHF, RewardBench and vLLM load, no hafrm needed."""
+    try:
+        from hafrm.export import export_model
+
+        result = export_model(model_dir, to, out, overwrite=overwrite)
+    except HafError as e:
+        _fail(str(e))
+    if result.target == "seq-cls":
+        if result.pad_token_added:
+            console.print(
+                f"added the pad token {result.pad_token!r}: the original pad token can end a formatted text",
+                highlight=False,
+            )
+        if result.score_offset:
+            console.print(
+                f"the reward head has a bias of {result.score_offset:.6g}, which a `score` layer cannot hold: "
+                "hafrm's score = the export's + that (stored as hafrm_export.score_offset)",
+                highlight=False,
+            )
+        console.print(f"scores match hafrm's on probe texts to {result.max_abs_diff:.1e}", highlight=False)
+    console.print(f"wrote {result.target} model to {result.out}", highlight=False)
+
+
+@app.command()
+def serve(
+    model_dir: Path = typer.Argument(..., help="A folder written by `hafrm train`."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(5000, help="Port to listen on."),
+    api_key: str | None = typer.Option(
+        None, envvar="HAFRM_API_KEY", help="Require `Authorization: Bearer KEY` (or set HAFRM_API_KEY)."
+    ),
+    head: str | None = typer.Option(None, help="reward or implicit (default: the model's own)."),
+    normalize: bool = typer.Option(False, "--normalize", help="Serve (score - mean) / std (the folder's stats)."),
+    max_texts: int = typer.Option(256, help="Texts per request, at most (413 beyond)."),
+    max_chars: int = typer.Option(32768, help="Characters per text, at most (413 beyond)."),
+    max_batch_tokens: int = typer.Option(16384, help="Tokens per forward: requests arriving together share one."),
+    max_wait_ms: float = typer.Option(5.0, help="How long a request waits for others to batch with."),
+    max_queue: int = typer.Option(4096, help="Texts waiting, at most (503 beyond)."),
+    timeout: float = typer.Option(120.0, help="Seconds per request, queue included (504 beyond)."),
+    batching: bool = typer.Option(True, "--batching/--no-batching", help="Off: one request per forward."),
+) -> None:
+    """Serve a reward model over HTTP: OpenRLHF's /get_reward, /score, /health, OpenAPI at /docs."""
+    try:
+        import uvicorn
+
+        from hafrm.scoring import RewardModel
+        from hafrm.server import ServerSettings, create_app
+
+        if min(max_texts, max_chars, max_batch_tokens, max_queue) < 1 or timeout <= 0 or max_wait_ms < 0:
+            raise HafError("the --max-* limits must be >= 1, --timeout > 0 and --max-wait-ms >= 0")
+        settings = ServerSettings(
+            head=head, normalize=normalize, api_key=api_key or None, max_texts=max_texts, max_chars=max_chars,
+            max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue_texts=max_queue,
+            timeout_s=timeout, batching=batching,
+        )  # fmt: skip
+        rm = RewardModel.from_pretrained(model_dir)
+        if head is not None and head not in ("reward", "implicit"):
+            raise HafError(f"unknown head {head!r}; accepted: reward, implicit")
+        server_app = create_app(rm, settings)
+    except HafError as e:
+        _fail(str(e))
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        console.print(f"[yellow]warning:[/] listening on {host} with no --api-key: anyone who reaches it can use it")
+    console.print(f"serving {model_dir} ({settings.head or rm.default_head} head) on http://{host}:{port}; "
+                  f"OpenRLHF: --remote_rm_url http://{host}:{port}/get_reward", highlight=False)  # fmt: skip
+    uvicorn.run(server_app, host=host, port=port, log_level="warning")
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Look at preference data and convert it.")
@@ -395,11 +489,12 @@ def print_eval_table(metrics: dict[str, float], title: str) -> None:
     table.add_column("subset")
     for h in heads:
         table.add_column(h, justify="right")
-    for kind in ("tag", "subset"):
+    for kind in ("tag", "subset", "rewardbench"):
         names = sorted({k.split("/")[1] for k in metrics if k.startswith(f"{kind}/")})
         for name in names:
             cells = [f"{metrics.get(f'{kind}/{name}/{h}/accuracy', float('nan')):.3f}" for h in heads]
-            table.add_row(name if kind == "tag" else f"  {name}", *cells)
+            label = {"tag": name, "subset": f"  {name}", "rewardbench": f"RewardBench {name}"}[kind]
+            table.add_row(label, *cells)
         if names:
             table.add_section()
     table.add_row("[bold]all[/]", *[f"[bold]{metrics[f'{h}/accuracy']:.3f}[/]" for h in heads])

@@ -11,12 +11,14 @@ from hafrm.data.formats import DataOptions, Notes, RecordError, convert, message
 from hafrm.data.io import iter_records, load_pairs, split_by_prompt
 from hafrm.data.tokenize import PairTokenizer, pair_features
 from hafrm.errors import DataError, HafError
-from hafrm.evaluate import EvalResult, evaluate_pairs
-from hafrm.model import HybridRewardModel
+from hafrm.evaluate import HEADS, EvalResult, evaluate_pairs, score_stats
+from hafrm.fileio import write_json_atomic
+from hafrm.model import HAFRM_CONFIG_FILE, HybridRewardModel
 from hafrm.models import cache_root, load_backbone
 from hafrm.pipeline import builtin_pairs, builtin_skills
 from hafrm.reference import reference_logps
-from hafrm.scoring import RewardModel
+from hafrm.rewardbench import section_metrics
+from hafrm.scoring import STATS_KEY, RewardModel
 
 
 def _train_config(rm: RewardModel) -> HafConfig:
@@ -28,11 +30,24 @@ def _train_config(rm: RewardModel) -> HafConfig:
         raise HafError(f"{rm.path}: cannot read its training config: {e}") from None
 
 
-def evaluate_model_dir(model_dir: Path, data: list[str], options: DataOptions | None = None) -> dict[str, float]:
-    """Accuracy of both heads of a saved model on `data` ('builtin' = its held-out split)."""
-    result, dropped = evaluate_model(RewardModel.from_pretrained(model_dir), data, options)
+def evaluate_model_dir(
+    model_dir: Path, data: list[str], options: DataOptions | None = None, save_stats: bool = False
+) -> dict[str, float]:
+    """Accuracy of both heads of a saved model on `data` ('builtin' = its held-out split), RewardBench's
+    section scores where its subsets are present, and each head's score mean and std; `save_stats`
+    stores those in the model folder (what `--normalize` and an export's `mean` / `std` use)."""
+    rm = RewardModel.from_pretrained(model_dir)
+    result, dropped = evaluate_model(rm, data, options)
     metrics = dict(result.metrics)
     metrics["dropped"] = float(dropped)
+    metrics |= section_metrics(metrics)
+    stats = score_stats(result, f"hafrm eval --data {' '.join(data)} ({len(result.tags)} pairs)")
+    for head, values in stats.items():
+        metrics[f"{HEADS[head]}/mean"], metrics[f"{HEADS[head]}/std"] = values["mean"], values["std"]
+    if save_stats:
+        meta = dict(rm.meta)
+        meta[STATS_KEY] = stats
+        write_json_atomic(Path(model_dir) / HAFRM_CONFIG_FILE, meta)
     return metrics
 
 
@@ -66,7 +81,9 @@ def evaluate_model(rm: RewardModel, data: list[str], options: DataOptions | None
     return result, sum(tok.dropped.values())
 
 
-def score_file(model_dir: Path, path: Path, head: str | None, batch_size: int) -> list[dict[str, Any]]:
+def score_file(
+    model_dir: Path, path: Path, head: str | None, batch_size: int, normalize: bool = False
+) -> list[dict[str, Any]]:
     """Records of `path` with `score` (for {prompt, response}) or `score_chosen`/`score_rejected`."""
     rm = RewardModel.from_pretrained(model_dir)
     records = list(iter_records(path))
@@ -89,10 +106,43 @@ def score_file(model_dir: Path, path: Path, head: str | None, batch_size: int) -
             prompts += [pair.prompt, pair.prompt]
             responses += [pair.chosen, pair.rejected]
             slots.append(["score_chosen", "score_rejected"])
-    scores = iter(rm.score_batch(prompts, responses, head=head, batch_size=batch_size))
+    scores = iter(rm.score_batch(prompts, responses, head=head, batch_size=batch_size, normalize=normalize))
     out = []
     for (_, rec), names in zip(records, slots, strict=True):
         row = dict(rec) if isinstance(rec, dict) else {"record": rec}
         row.update({name: next(scores) for name in names})
         out.append(row)
     return out
+
+
+def plot_scores(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """A histogram of scored records: chosen against rejected where the records are pairs."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {
+        name: [r[key] for r in rows if key in r]
+        for name, key in (("score", "score"), ("chosen", "score_chosen"), ("rejected", "score_rejected"))
+    }
+    series = {k: v for k, v in series.items() if v}
+    values = [x for v in series.values() for x in v]
+    edges = np.histogram_bin_edges(values, bins=min(50, max(5, len(values) // 4)))  # shared by every series
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, v in series.items():
+        ax.hist(v, bins=edges, alpha=0.55, label=f"{name} (n={len(v)})")
+    if "chosen" in series:
+        wins = sum(c > r for c, r in zip(series["chosen"], series["rejected"], strict=True))
+        title += f" - chosen higher in {wins} of {len(series['chosen'])} pairs"
+    ax.set(xlabel="score", ylabel="responses", title=title)
+    ax.title.set_fontsize(9)
+    ax.legend()
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as e:
+        raise HafError(f"cannot write the plot to {path}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)

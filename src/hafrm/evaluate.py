@@ -76,6 +76,20 @@ def evaluate_pairs(
     return result
 
 
+def score_stats(result: EvalResult, data: str) -> dict[str, dict[str, Any]]:
+    """Per head, the mean and std of its scores over both responses of every pair: the reward
+    normalisation statistics (OpenRLHF's `mean` / `std`: sample std, floored at 1e-8)."""
+    heads = {"reward": (result.reward_chosen, result.reward_rejected)}
+    if result.implicit_chosen is not None:
+        heads["implicit"] = (result.implicit_chosen, result.implicit_rejected)
+    out = {}
+    for head, (c, r) in heads.items():
+        values = torch.cat([c, r]).double()
+        std = values.std().item() if values.numel() > 1 else 0.0
+        out[head] = {"mean": values.mean().item(), "std": max(std, 1e-8), "n": values.numel(), "data": data}
+    return out
+
+
 def _add_summary(result: EvalResult, cfg: HafConfig) -> None:
     """Accuracy of each head overall, per tag (`tag/...`) and per subset (`subset/...`), and the
     mode's inference head as plain keys."""

@@ -101,16 +101,20 @@ def response_logps(
 
 
 class HybridRewardModel(nn.Module):
-    """A causal LM with a zero-initialised fp32 reward head on its last hidden states."""
+    """A causal LM with a zero-initialised fp32 reward head on its last hidden states.
+
+    The head has no bias, like the `score` layer of transformers' `*ForSequenceClassification`
+    models, so an export scores exactly as hafrm does (the BT and policy losses cannot move a bias
+    anyway: it cancels in r_w - r_l). Folders saved with a biased head still load with it.
+    """
 
     def __init__(self, backbone: PreTrainedModel, reward_head: nn.Linear | None = None):
         super().__init__()
         self.backbone = backbone
         hidden = backbone.config.get_text_config().hidden_size
         if reward_head is None:
-            reward_head = nn.Linear(hidden, 1, dtype=torch.float32)
+            reward_head = nn.Linear(hidden, 1, bias=False, dtype=torch.float32)
             nn.init.zeros_(reward_head.weight)
-            nn.init.zeros_(reward_head.bias)
         self.reward_head = reward_head.float()
         self.logprob_chunk_size = 512
         self.keep_logits_bytes = 512 * 2**20  # response logits kept for backward up to this; beyond, recomputed
@@ -231,4 +235,8 @@ class HybridRewardModel(nn.Module):
                 f"{directory}: weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})"
             )
         self.backbone.tie_weights()
-        self.reward_head.load_state_dict(load_file(str(directory / REWARD_HEAD_FILE)))
+        head = load_file(str(directory / REWARD_HEAD_FILE))
+        if ("bias" in head) != (self.reward_head.bias is not None):  # a folder from before the bias-free head
+            biased = nn.Linear(self.reward_head.in_features, 1, bias="bias" in head, dtype=torch.float32)
+            self.reward_head = biased.to(self.reward_head.weight.device)
+        self.reward_head.load_state_dict(head)

@@ -24,13 +24,13 @@ from hafrm.data.io import LoadReport, load_source, split_by_prompt, summary_line
 from hafrm.data.tokenize import PairCollator, PairTokenizer, TokenizeResult, pad_rows, pair_dataset, pair_features
 from hafrm.data.types import PreferencePair
 from hafrm.errors import ConfigError, DataError
-from hafrm.evaluate import EvalResult, evaluate_pairs
+from hafrm.evaluate import EvalResult, evaluate_pairs, score_stats
 from hafrm.model import HybridRewardModel, position_ids_from_mask
 from hafrm.models import cache_root, load_backbone
 from hafrm.precision import resolve_precision
 from hafrm.prefix import PrefixCache, fill, verify
 from hafrm.reference import model_fingerprint, reference_logps
-from hafrm.scoring import RewardModel
+from hafrm.scoring import STATS_KEY, RewardModel
 from hafrm.trainer import HafTrainer
 
 log = logging.getLogger(__name__)
@@ -318,6 +318,7 @@ def train(cfg: HafConfig, extra_eval: dict[str, list[PreferencePair]] | None = N
     resume = get_last_checkpoint(cfg.output_dir) if cfg.resume and Path(cfg.output_dir).is_dir() else None
     trainer.train(resume_from_checkpoint=resume)
     result = trainer.final_eval()
+    meta[STATS_KEY] = score_stats(result, f"eval split ({len(eval_tok.pairs)} pairs)")  # saved with the model
     if save:
         trainer.save_model(cfg.output_dir)
     extra = {

@@ -16,6 +16,8 @@ from hafrm.losses import POLICY_LOSSES
 from hafrm.model import HAFRM_CONFIG_FILE, REWARD_HEAD_FILE, HybridRewardModel
 
 Prompt = str | list[dict[str, str]]
+HEAD_NAMES = ("reward", "implicit")
+STATS_KEY = "reward_stats"  # in hafrm_config.json: head -> {"mean", "std", "n", "data"}
 
 
 def _messages(prompt: Prompt) -> list[dict[str, str]]:
@@ -59,6 +61,17 @@ class RewardModel:
     def default_head(self) -> str:
         return self.meta.get("inference_head", "reward")
 
+    def stats(self, head: str | None = None) -> dict[str, float]:
+        """The mean and std of `head`'s scores stored with the model (`hafrm train`, `hafrm eval --save-stats`)."""
+        head = head or self.default_head
+        stats = self.meta.get(STATS_KEY, {}).get(head)
+        if not stats:
+            raise HafError(
+                f"{self.path}: no reward statistics for the {head} head are stored; "
+                f"run `hafrm eval {self.path} --data ... --save-stats` to compute them"
+            )
+        return stats
+
     def _reference_model(self) -> HybridRewardModel:
         if self._reference is None:
             base = self.meta.get("base_model")
@@ -67,25 +80,51 @@ class RewardModel:
             self._reference = HybridRewardModel(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)).eval()
         return self._reference
 
-    @torch.no_grad()
+    def encode(self, prompt: Prompt, response: str) -> tuple[list[int], int]:
+        """Token ids of the formatted (prompt, response), as training formats them, and where the response starts."""
+        return self.encoder.encode(_messages(prompt), response)
+
     def score_batch(
-        self, prompts: Sequence[Prompt], responses: Sequence[str], head: str | None = None, batch_size: int = 16
+        self,
+        prompts: Sequence[Prompt],
+        responses: Sequence[str],
+        head: str | None = None,
+        batch_size: int = 16,
+        normalize: bool = False,
     ) -> list[float]:
         """One score per (prompt, response); batches are formed by length to save padding."""
-        head = head or self.default_head
-        if head not in ("reward", "implicit"):
-            raise HafError(f"unknown head {head!r}; accepted: reward, implicit")
         if len(prompts) != len(responses):
             raise HafError(f"{len(prompts)} prompts but {len(responses)} responses")
-        encoded = [self.encoder.encode(_messages(p), r) for p, r in zip(prompts, responses, strict=True)]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-        scores = [0.0] * len(encoded)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = pad_rows([encoded[i][0] for i in idx], [encoded[i][1] for i in idx], self.tokenizer.pad_token_id)
+        encoded = [self.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
+        return self.score_ids([e[0] for e in encoded], [e[1] for e in encoded], head, batch_size, normalize=normalize)
+
+    @torch.no_grad()
+    def score_ids(
+        self,
+        seqs: Sequence[list[int]],
+        starts: Sequence[int],
+        head: str | None = None,
+        batch_size: int = 16,
+        max_batch_tokens: int | None = None,
+        normalize: bool = False,
+    ) -> list[float]:
+        """One score per token sequence (`starts`: where each response begins; the implicit head
+        sums log-probs from there). Sequences are sorted by length and cut into batches of at most
+        `batch_size` rows and, if given, `max_batch_tokens` padded tokens."""
+        head = head or self.default_head
+        if head not in HEAD_NAMES:
+            raise HafError(f"unknown head {head!r}; accepted: {', '.join(HEAD_NAMES)}")
+        shift, scale = 0.0, 1.0
+        if normalize:
+            stats = self.stats(head)
+            shift, scale = stats["mean"], stats["std"]
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        scores = [0.0] * len(seqs)
+        for idx in _length_batches(order, [len(s) for s in seqs], batch_size, max_batch_tokens):
+            batch = pad_rows([seqs[i] for i in idx], [starts[i] for i in idx], self.tokenizer.pad_token_id)
             values = self._score(batch, head)
             for i, v in zip(idx, values.tolist(), strict=True):
-                scores[i] = v
+                scores[i] = (v - shift) / scale
         return scores
 
     def _score(self, batch: dict[str, torch.Tensor], head: str) -> torch.Tensor:
@@ -98,6 +137,23 @@ class RewardModel:
 
     def score(self, prompt: Prompt, response: str, head: str | None = None) -> float:
         return self.score_batch([prompt], [response], head=head)[0]
+
+
+def _length_batches(
+    order: Sequence[int], lengths: Sequence[int], batch_size: int, max_tokens: int | None
+) -> list[list[int]]:
+    """Cut `order` (ascending length) into batches of <= batch_size rows and <= max_tokens padded tokens."""
+    batches: list[list[int]] = []
+    for i in order:
+        current = batches[-1] if batches else None
+        fits = current is not None and len(current) < batch_size
+        if fits and max_tokens is not None:
+            fits = (len(current) + 1) * lengths[i] <= max_tokens  # ascending: i is the batch's longest
+        if fits:
+            current.append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def load(path: str | Path) -> RewardModel:

@@ -15,35 +15,8 @@ from typing import Any
 
 from hafrm.experiments.runner import HEAD_KEYS
 from hafrm.experiments.spec import MIXED, ExperimentSpec
+from hafrm.rewardbench import rewardbench_sections
 
-# RewardBench (allenai/reward-bench, rewardbench/constants.py): subsets per section and the
-# example counts that weight them within a section (math-prm upweighted to equal the code sets).
-REWARDBENCH_SECTIONS = {
-    "Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
-    "Chat Hard": [
-        "mt-bench-hard",
-        "llmbar-natural",
-        "llmbar-adver-neighbor",
-        "llmbar-adver-GPTInst",
-        "llmbar-adver-GPTOut",
-        "llmbar-adver-manual",
-    ],
-    "Safety": [
-        "refusals-dangerous",
-        "refusals-offensive",
-        "xstest-should-refuse",
-        "xstest-should-respond",
-        "donotanswer",
-    ],
-    "Reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
-}
-REWARDBENCH_COUNTS = {
-    "alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28, "mt-bench-med": 40,
-    "mt-bench-hard": 37, "llmbar-natural": 100, "llmbar-adver-neighbor": 134, "llmbar-adver-GPTInst": 92,
-    "llmbar-adver-GPTOut": 47, "llmbar-adver-manual": 46, "refusals-dangerous": 100, "refusals-offensive": 100,
-    "xstest-should-refuse": 154, "xstest-should-respond": 250, "donotanswer": 136, "math-prm": 984,
-    "hep-cpp": 164, "hep-go": 164, "hep-java": 164, "hep-js": 164, "hep-python": 164, "hep-rust": 164,
-}  # fmt: skip
 SELECTION = ("reward", "accuracy", "loss", "margin", "step")
 CALIBRATION_BINS = 10
 
@@ -158,19 +131,6 @@ def mixed_vs_single(grid, datasets: list[str]) -> dict[str, Any]:
             for d in datasets
             if by_train[MIXED].get(d)
         }
-    return out
-
-
-def rewardbench_sections(per_subset: dict[str, float]) -> dict[str, float]:
-    """RewardBench's section scores (example-count weighted subsets) and their mean, for the
-    sections whose every subset is present."""
-    out = {}
-    for section, subsets in REWARDBENCH_SECTIONS.items():
-        if all(s in per_subset for s in subsets):
-            total = sum(REWARDBENCH_COUNTS[s] for s in subsets)
-            out[section] = sum(per_subset[s] * REWARDBENCH_COUNTS[s] for s in subsets) / total
-    if len(out) == len(REWARDBENCH_SECTIONS):
-        out["Score"] = mean(list(out.values()))
     return out
 
 

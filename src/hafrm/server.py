@@ -1,0 +1,215 @@
+"""`hafrm serve`: a reward model over HTTP (FastAPI + uvicorn), batched across requests.
+
+- `POST /get_reward`: OpenRLHF's remote reward-model protocol, `{"query": [texts], "prompts": [...],
+  "labels": [...]}` -> `{"rewards": [...], "scores": [...], "extra_logs": {}}`. Queries are
+  prompt + response texts already formatted (special tokens kept): they are not re-templated.
+  Pad tokens at either end are stripped and the assistant turn is closed the way hafrm closes
+  every training sequence (ChatML: `<|im_end|>` then a newline), if the text does not already
+  end so: OpenRLHF sends decoded, padded sequences, cut at the eos.
+- `POST /score`: `{"pairs": [{"prompt": str | messages, "response": str}]}` -> `{"scores": [...]}`,
+  formatted with the model's chat template exactly as `hafrm score` formats them.
+- `GET /health`; FastAPI's OpenAPI page at `/docs`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from hafrm.batcher import Batcher, QueueFull
+from hafrm.scoring import RewardModel
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerSettings:
+    head: str | None = None  # None: the model's own inference head
+    normalize: bool = False  # (score - mean) / std with the model folder's statistics
+    api_key: str | None = None  # required as `Authorization: Bearer <key>` when set
+    max_texts: int = 256  # per request
+    max_chars: int = 32_768  # per text
+    max_batch_tokens: int = 16_384  # per forward
+    max_wait_ms: float = 5.0  # how long the first request of a batch waits for others
+    max_queue_texts: int = 4_096  # texts waiting; beyond, 503
+    timeout_s: float = 120.0  # per request, queue included; beyond, 504
+    batching: bool = True  # False: one request per forward
+
+
+class Message(BaseModel):
+    role: str
+    content: str
+
+
+class ScorePair(BaseModel):
+    prompt: str | list[Message]
+    response: str
+
+
+class ScoreRequest(BaseModel):
+    pairs: list[ScorePair] = Field(min_length=1)
+
+
+class GetRewardRequest(BaseModel):
+    query: list[str] = Field(min_length=1)
+    prompts: list[str] | None = None
+    labels: list[Any] | None = None  # OpenRLHF sends them; a reward model does not use them
+
+
+class QueryFormatter:
+    """Token ids of an OpenRLHF query text: pads stripped, the turn closed as in training."""
+
+    def __init__(self, rm: RewardModel):
+        self.tok = rm.tokenizer
+        self.closing = rm.encoder.closing
+        self.pad = self.tok.pad_token or ""
+
+    def strip_pads(self, text: str) -> str:
+        if self.pad:
+            while text.startswith(self.pad):
+                text = text[len(self.pad) :]
+            while text.endswith(self.pad):
+                text = text[: -len(self.pad)]
+        return text
+
+    def ids(self, text: str) -> list[int]:
+        ids = self.tok(self.strip_pads(text), add_special_tokens=False)["input_ids"]
+        c = self.closing
+        done = next((k for k in range(len(c), 0, -1) if ids[-k:] == c[:k]), 0)  # longest closing prefix at the end
+        return ids + c[done:] if done < len(c) else ids
+
+
+class ScoringService:
+    """What the routes share: the model, the batcher, the limits."""
+
+    def __init__(self, rm: RewardModel, settings: ServerSettings):
+        self.rm = rm
+        self.settings = settings
+        self.head = settings.head or rm.default_head
+        if settings.normalize:
+            rm.stats(self.head)  # fail at start-up, not at the first request
+        self.max_tokens = getattr(rm.model.config.get_text_config(), "max_position_embeddings", None)
+        self.formatter = QueryFormatter(rm)
+        self.batcher = Batcher(
+            self._score,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_wait_s=settings.max_wait_ms / 1000,
+            max_queue_texts=settings.max_queue_texts,
+            batching=settings.batching,
+        )
+
+    def _score(self, seqs: list[list[int]], starts: list[int]) -> list[float]:
+        s = self.settings
+        return self.rm.score_ids(seqs, starts, self.head, batch_size=256, max_batch_tokens=s.max_batch_tokens,
+                                 normalize=s.normalize)  # fmt: skip
+
+    def authorise(self, request: Request) -> None:
+        key = self.settings.api_key
+        if key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.encode(), key.encode()):
+            raise HTTPException(401, "missing or wrong API key (send `Authorization: Bearer <key>`)",
+                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+    def check_sizes(self, field: str, texts: list[list[str]]) -> None:
+        """`texts`: per item of `field`, the strings it carries."""
+        limit, chars = self.settings.max_texts, self.settings.max_chars
+        if len(texts) > limit:
+            raise HTTPException(413, f"{field} has {len(texts)} items; this server takes at most {limit} a request "
+                                     "(--max-texts)")  # fmt: skip
+        for i, strings in enumerate(texts):
+            n = sum(len(t) for t in strings)
+            if n > chars:
+                raise HTTPException(413, f"{field}[{i}] has {n} characters; at most {chars} (--max-chars)")
+
+    def query_starts(self, query: list[str], prompts: list[str] | None) -> list[int]:
+        """Where each query's response starts: only the implicit head (log-probs) needs it."""
+        if self.head != "implicit":
+            return [0] * len(query)
+        if prompts is None or len(prompts) != len(query):
+            raise HTTPException(422, "the implicit head needs `prompts`, one per query")
+        starts = []
+        for i, (q, p) in enumerate(zip(query, prompts, strict=True)):
+            prompt = self.formatter.strip_pads(p)
+            if not self.formatter.strip_pads(q).startswith(prompt):
+                raise HTTPException(422, f"query[{i}] does not start with prompts[{i}]")
+            starts.append(len(self.rm.tokenizer(prompt, add_special_tokens=False)["input_ids"]))
+        return starts
+
+    async def run(self, field: str, seqs: list[list[int]], starts: list[int]) -> list[float]:
+        for i, s in enumerate(seqs):
+            if self.max_tokens and len(s) > self.max_tokens:
+                raise HTTPException(413, f"{field}[{i}] is {len(s)} tokens; the model takes {self.max_tokens}")
+        try:
+            future = self.batcher.submit(seqs, starts)
+        except QueueFull as e:
+            raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
+        try:
+            return await asyncio.wait_for(future, self.settings.timeout_s)
+        except TimeoutError:
+            raise HTTPException(504, f"not scored within {self.settings.timeout_s:g} s (--timeout)") from None
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return JSONResponse({"detail": "the body is not valid JSON"}, status_code=400)
+    where = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in errors[:5])
+    return JSONResponse({"detail": f"invalid request: {where}"}, status_code=422)
+
+
+def create_app(rm: RewardModel, settings: ServerSettings | None = None) -> FastAPI:
+    service = ScoringService(rm, settings or ServerSettings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service.batcher.start()
+        yield
+        service.batcher.close()
+
+    app = FastAPI(title="hafrm reward model", version="1", lifespan=lifespan)
+    app.state.service = service
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    auth = [Depends(service.authorise)]
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "ready": True,
+            "model": str(rm.path),
+            "mode": rm.meta.get("mode"),
+            "head": service.head,
+            "normalize": service.settings.normalize,
+            "batching": service.settings.batching,
+            "queued_texts": service.batcher.queued_texts,
+        }
+
+    @app.post("/get_reward", dependencies=auth)
+    async def get_reward(body: GetRewardRequest) -> dict[str, Any]:
+        """OpenRLHF's remote reward model: one reward per query text."""
+        service.check_sizes("query", [[q] for q in body.query])
+        starts = service.query_starts(body.query, body.prompts)
+        scores = await service.run("query", [service.formatter.ids(q) for q in body.query], starts)
+        return {"rewards": scores, "scores": scores, "extra_logs": {}}
+
+    @app.post("/score", dependencies=auth)
+    async def score(body: ScoreRequest) -> dict[str, Any]:
+        """One score per (prompt, response), formatted as `hafrm score` formats them."""
+        prompts = [p.prompt if isinstance(p.prompt, str) else [m.model_dump() for m in p.prompt] for p in body.pairs]
+        service.check_sizes("pairs", [
+            [p.response, *([q] if isinstance(q, str) else [m["content"] for m in q])]
+            for p, q in zip(body.pairs, prompts, strict=True)
+        ])  # fmt: skip
+        encoded = [rm.encode(q, p.response) for p, q in zip(body.pairs, prompts, strict=True)]
+        scores = await service.run("pairs", [e[0] for e in encoded], [e[1] for e in encoded])
+        return {"scores": scores, "head": service.head}
+
+    return app

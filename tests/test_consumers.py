@@ -1,0 +1,126 @@
+"""The export in the tools our users run: TRL's GRPOTrainer, OpenRLHF's loader and its remote-RM
+client, RewardBench's own command. Each runs the real package; OpenRLHF and RewardBench pin
+other stacks, so they run from their own venvs (`make consumers`) and are skipped without them."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import hafrm
+from hafrm.export import export_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).resolve().parent / "consumers"
+
+
+@pytest.fixture(scope="module")
+def seq_cls(tiny_rm_dir, tmp_path_factory):
+    return export_model(tiny_rm_dir, "seq-cls", tmp_path_factory.mktemp("export") / "rm").out
+
+
+@pytest.mark.slow
+def test_trl_grpo_trainer_scores_with_the_export_as_hafrm_does(seq_cls, tiny_rm_dir, tiny_model_dir, tmp_path):
+    """A real GRPOTrainer step with the export's path as its reward function (TRL loads it with
+    AutoModelForSequenceClassification and reads `.logits[:, 0]`): its rewards equal hafrm's."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    prompts = [[{"role": "user", "content": q}] for q in ("What is 2+2?", "Name a colour.", "Say hi.", "A prime?")]
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "grpo"),
+        num_generations=2,
+        max_completion_length=8,
+        per_device_train_batch_size=2,
+        max_steps=1,
+        report_to="none",
+        use_vllm=False,
+        bf16=False,
+        use_cpu=True,
+        save_strategy="no",
+        seed=0,
+    )
+    trainer = GRPOTrainer(
+        model=str(tiny_model_dir),
+        reward_funcs=str(seq_cls),
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
+    )
+    seen = []
+    calculate = trainer._calculate_rewards
+
+    def spy(inputs, prompts, completions, completion_ids_list):
+        rewards = calculate(inputs, prompts, completions, completion_ids_list)
+        seen.append((prompts, completions, rewards[:, 0].detach().cpu()))
+        return rewards
+
+    trainer._calculate_rewards = spy
+    trainer.train()
+    assert seen
+    rm = hafrm.load(tiny_rm_dir)
+    tok = trainer.reward_processing_classes[0]
+    for batch_prompts, completions, trl_rewards in seen:
+        texts = [tok.apply_chat_template(p + c, tokenize=False) for p, c in zip(batch_prompts, completions, strict=True)]
+        ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        expected = torch.tensor(rm.score_ids(ids, [0] * len(ids), head="reward"))
+        assert torch.allclose(trl_rewards, expected, atol=1e-4), (trl_rewards, expected)
+
+
+def _venv_python(name: str) -> Path:
+    python = ROOT / name / "bin" / "python"
+    if not python.is_file():
+        pytest.skip(f"{name} is missing: `make consumers` builds it")
+    return python
+
+
+def _run_script(python: Path, script: str, *args: str, timeout: int = 600) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(
+        [str(python), str(SCRIPTS / script), *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_openrlhf_loads_the_export_and_scores_as_hafrm_does(seq_cls, tiny_rm_dir):
+    """OpenRLHF's own `get_llm_for_sequence_regression(path, "reward", value_head_prefix="score")`."""
+    python = _venv_python(".venv-openrlhf")
+    rm = hafrm.load(tiny_rm_dir)
+    pairs = [("What is 2 + 2?", "4"), ("Say hi.", "Hello there, nice to meet you!"), ("Name a colour.", "Red.")]
+    rows = [rm.encode(p, r)[0] for p, r in pairs]
+    request = Path(seq_cls).parent / "openrlhf_request.json"
+    request.write_text(json.dumps({"model": str(seq_cls), "input_ids": rows}))
+    out = _run_script(python, "openrlhf_score.py", str(request))
+    expected = rm.score_ids(rows, [0] * len(rows), head="reward")
+    assert out["rewards"] == pytest.approx(expected, abs=1e-4)
+    # with reward normalisation on, it applies the export's mean / std (the tiny model's 0.25 and 2)
+    assert out["normalized"] == pytest.approx([(x - 0.25) / 2.0 for x in expected], abs=1e-4)
+    assert (out["config_mean"], out["config_std"]) == (0.25, 2.0)
+
+
+def test_openrlhf_remote_client_reads_hafrm_serve(tiny_rm_dir):
+    """OpenRLHF's own HTTP client (what `--reward.remote_url` uses) against `hafrm serve`."""
+    python = _venv_python(".venv-openrlhf")
+    from test_server import _free_port
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "hafrm.cli", "serve", str(tiny_rm_dir), "--port", str(port)]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        rm = hafrm.load(tiny_rm_dir)
+        prompt = rm.tokenizer.apply_chat_template(
+            [{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True, tokenize=False
+        )
+        query = prompt + "4" + rm.tokenizer.eos_token  # as OpenRLHF decodes a sample stopped at eos
+        out = _run_script(python, "openrlhf_remote.py", f"http://127.0.0.1:{port}/get_reward", query, prompt)
+    finally:
+        server.terminate()
+        server.wait(20)
+    expected = rm.score("What is 2 + 2?", "4")
+    assert out["rewards"] == pytest.approx([expected], abs=1e-5)
+    assert out["scores"] == pytest.approx([expected], abs=1e-5)
