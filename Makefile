@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # installed without its dependencies (they are an unrelated CLI).
 STAMP := $(VENV)/.installed-0.1.0
 
-.PHONY: setup run test lint bench clean consumers
+.PHONY: setup run test lint bench clean consumers rewardbench
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,15 @@ $(OPENRLHF)/.installed: Makefile
 	$(OPENRLHF)/bin/python -m pip install -q --no-deps openrlhf==0.11.2
 	touch $@
 
+# rewardbench pins transformers 4.51 and imports pkg_resources, gone from setuptools 81.
+$(REWARDBENCH)/.installed: Makefile
+	rm -rf $(REWARDBENCH)
+	$(PYTHON) -m venv $(REWARDBENCH)
+	$(REWARDBENCH)/bin/python -m pip install -q torch==2.13.0 rewardbench==0.1.4 "setuptools<81"
+	touch $@
+
+rewardbench: $(REWARDBENCH)/.installed
+
 consumers:
 	-$(MAKE) $(OPENRLHF)/.installed
 	-$(MAKE) $(REWARDBENCH)/.installed
@@ -46,7 +55,7 @@ consumers:
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
-test: setup lint
+test: setup lint consumers
 	$(BIN)/python -m pytest -q
 
 # The performance benchmark (not a test): hafrm against TRL, JSON report in bench.json.

@@ -114,6 +114,78 @@ def test_score_jsonl_both_shapes(trained, tmp_path):
     assert row["chosen"] == "4" and isinstance(row["score_chosen"], float) and "score_rejected" in row
 
 
+def test_training_stores_score_statistics_that_eval_reproduces(trained, tmp_path):
+    """mean / std of the reward over the eval split (both sides of every pair), saved with the model;
+    `hafrm eval --save-stats` on the same split computes the same, and `--normalize` applies them."""
+    import shutil
+
+    out, _ = trained
+    stats = json.loads((out / "hafrm_config.json").read_text())["reward_stats"]
+    pairs = json.loads((out / "metrics.json").read_text())["eval/pairs"]
+    assert stats["reward"]["n"] == 2 * pairs and stats["reward"]["std"] > 0
+    assert {"mean", "std"} <= set(stats["implicit"])
+    copy = tmp_path / "model"
+    shutil.copytree(out, copy)
+    meta = json.loads((copy / "hafrm_config.json").read_text())
+    del meta["reward_stats"]
+    (copy / "hafrm_config.json").write_text(json.dumps(meta))
+    dest = tmp_path / "m.json"
+    result = runner.invoke(app, ["eval", str(copy), "--data", "builtin", "--out", str(dest), "--save-stats"])
+    assert result.exit_code == 0, result.output
+    assert "reward_head mean" in result.output and "stored in" in result.output
+    metrics = json.loads(dest.read_text())
+    assert metrics["reward_head/mean"] == pytest.approx(stats["reward"]["mean"], abs=1e-5)
+    assert metrics["reward_head/std"] == pytest.approx(stats["reward"]["std"], abs=1e-5)
+    saved = json.loads((copy / "hafrm_config.json").read_text())["reward_stats"]["reward"]
+    assert saved["mean"] == pytest.approx(stats["reward"]["mean"], abs=1e-5) and "builtin" in saved["data"]
+    singles = tmp_path / "s.jsonl"
+    singles.write_text(json.dumps({"prompt": "What is 2 + 2?", "response": "4"}) + "\n")
+    raw = float(runner.invoke(app, ["score", str(out), "--input", str(singles)]).stdout)
+    norm = float(runner.invoke(app, ["score", str(out), "--input", str(singles), "--normalize"]).stdout)
+    assert norm == pytest.approx((raw - stats["reward"]["mean"]) / stats["reward"]["std"], abs=1e-5)
+
+
+def test_eval_of_a_rewardbench_file_gives_its_section_scores(trained, tmp_path):
+    from hafrm.rewardbench import REWARDBENCH_COUNTS, REWARDBENCH_SECTIONS
+
+    out, _ = trained
+    rows = []
+    for j, subset in enumerate(REWARDBENCH_SECTIONS["Chat"]):
+        for i in range(2):
+            rows.append({"prompt": f"What is {i} + {j}?", "chosen": str(i + j), "rejected": f"{i + j + 1}, surely",
+                         "subset": subset, "id": len(rows)})  # fmt: skip
+    data = tmp_path / "rb.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dest = tmp_path / "m.json"
+    result = runner.invoke(app, ["eval", str(out), "--data", str(data), "--format", "rewardbench", "--out", str(dest)])
+    assert result.exit_code == 0, result.output
+    assert "RewardBench Chat" in result.output
+    m = json.loads(dest.read_text())
+    subsets = REWARDBENCH_SECTIONS["Chat"]
+    weights = [REWARDBENCH_COUNTS[s] for s in subsets]
+    for head in ("reward_head", "implicit"):
+        per = [m[f"subset/{s}/{head}/accuracy"] for s in subsets]
+        expected = sum(a * w for a, w in zip(per, weights, strict=True)) / sum(weights)
+        assert m[f"rewardbench/Chat/{head}/accuracy"] == pytest.approx(expected)
+    assert not any(k.startswith("rewardbench/Safety") for k in m)  # no Safety subsets in the file
+
+
+def test_score_plot_and_normalize_without_stats(trained, tiny_rm_dir, tokenizer, tmp_path):
+    out, _ = trained
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"What is {i} + 1?", "chosen": str(i + 1), "rejected": str(i)})
+                             + "\n" for i in range(12)))  # fmt: skip
+    png = tmp_path / "scores.png"
+    result = runner.invoke(app, ["score", str(out), "--input", str(pairs), "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    from helpers import save_tiny_reward_model
+
+    bare = save_tiny_reward_model(tmp_path / "bare", tokenizer, meta={"mode": "hybrid"})
+    result = runner.invoke(app, ["score", str(bare), "--input", str(pairs), "--normalize"])
+    assert result.exit_code == 2 and "no reward statistics" in result.output and "--save-stats" in result.output
+
+
 def test_other_modes_train(tiny_model_dir, tmp_path):
     for mode, extra in (("reward", []), ("dpo", []), ("hybrid", ["--loss", "simpo"])):
         args = [

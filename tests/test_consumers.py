@@ -23,7 +23,6 @@ def seq_cls(tiny_rm_dir, tmp_path_factory):
     return export_model(tiny_rm_dir, "seq-cls", tmp_path_factory.mktemp("export") / "rm").out
 
 
-@pytest.mark.slow
 def test_trl_grpo_trainer_scores_with_the_export_as_hafrm_does(seq_cls, tiny_rm_dir, tiny_model_dir, tmp_path):
     """A real GRPOTrainer step with the export's path as its reward function (TRL loads it with
     AutoModelForSequenceClassification and reads `.logits[:, 0]`): its rewards equal hafrm's."""
@@ -64,7 +63,9 @@ def test_trl_grpo_trainer_scores_with_the_export_as_hafrm_does(seq_cls, tiny_rm_
     rm = hafrm.load(tiny_rm_dir)
     tok = trainer.reward_processing_classes[0]
     for batch_prompts, completions, trl_rewards in seen:
-        texts = [tok.apply_chat_template(p + c, tokenize=False) for p, c in zip(batch_prompts, completions, strict=True)]
+        texts = [
+            tok.apply_chat_template(p + c, tokenize=False) for p, c in zip(batch_prompts, completions, strict=True)
+        ]
         ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
         expected = torch.tensor(rm.score_ids(ids, [0] * len(ids), head="reward"))
         assert torch.allclose(trl_rewards, expected, atol=1e-4), (trl_rewards, expected)
@@ -124,3 +125,33 @@ def test_openrlhf_remote_client_reads_hafrm_serve(tiny_rm_dir):
     expected = rm.score("What is 2 + 2?", "4")
     assert out["rewards"] == pytest.approx([expected], abs=1e-5)
     assert out["scores"] == pytest.approx([expected], abs=1e-5)
+
+
+def test_rewardbench_own_command_agrees_with_hafrm_eval(tokenizer, tiny_model_dir, tmp_path, monkeypatch):
+    """RewardBench's `rewardbench` (its own venv, offline) on the export of a model and a local file
+    in its format gives the pairs the same scores as `hafrm eval --format rewardbench`."""
+    venv = _venv_python(".venv-rewardbench").parents[1]
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from rewardbench_agreement import compare, hafrm_side, run_rewardbench
+
+    from helpers import save_tiny_reward_model
+
+    meta = {"mode": "hybrid", "inference_head": "reward", "base_model": str(tiny_model_dir), "train_config": {}}
+    src = save_tiny_reward_model(tmp_path / "rm", tokenizer, meta=meta)
+    rows = []
+    for subset, (a, b) in {"math-prm": (3, 4), "hep-python": (10, 7), "alpacaeval-easy": (21, 5)}.items():
+        for i in range(8):
+            x, y = a + i, b * i
+            rejected = f"It is {x + y + 1 + i}" + " I think." * (i % 3)
+            rows.append({"prompt": f"What is {x} + {y}?", "chosen": f"{x} + {y} = {x + y}.", "rejected": rejected})
+            rows[-1] |= {"subset": subset, "id": len(rows) - 1}
+    data = tmp_path / "rb.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    export = export_model(src, "seq-cls", tmp_path / "export").out
+    report = compare(hafrm_side(src, data), run_rewardbench(export, data, tmp_path / "work", venv))
+    assert report["pairs"] == len(rows) and report["hafrm_dropped"] == 0
+    assert report["max_abs_score_diff"] < 1e-4
+    assert report["verdicts_agree"] == len(rows)
+    assert report["rewardbench_accuracy"] == pytest.approx(report["hafrm_accuracy_ties_wrong"])
+    assert report["rewardbench_per_subset"] == pytest.approx(report["hafrm_per_subset"])  # no ties here
+    assert 0 < report["rewardbench_accuracy"] < 1  # a random head: both right and wrong verdicts compared

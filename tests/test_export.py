@@ -87,6 +87,8 @@ def test_seq_cls_export_carries_normalisation_stats_and_legacy_keys(tiny_rm_dir,
     assert cfg["torch_dtype"] == "float32"
     tok_cfg = json.loads((result.out / "tokenizer_config.json").read_text())
     assert tok_cfg["chat_template"] == (result.out / "chat_template.jinja").read_text()
+    assert tok_cfg["tokenizer_class"] != "TokenizersBackend"  # a class transformers 4.x has
+    assert tok_cfg["model_input_names"] == ["input_ids", "attention_mask"]  # no token_type_ids from 4.x
     assert not (result.out / "reward_head.safetensors").exists()
     from safetensors.torch import load_file
 

@@ -78,6 +78,47 @@ def test_normalize_uses_the_stored_statistics(rm, tokenizer, tmp_path):
         create_app(bare, ServerSettings(normalize=True))
 
 
+def test_the_implicit_head_is_served_with_the_prompt_boundary(tokenizer, tiny_model_dir, tmp_path):
+    from helpers import save_tiny_reward_model
+
+    meta = {"mode": "dpo", "inference_head": "implicit", "beta": 0.1, "base_model": str(tiny_model_dir)}
+    rm = hafrm.load(save_tiny_reward_model(tmp_path / "dpo", tokenizer, meta=meta))
+    expected = rm.score_batch([p["prompt"] for p in PAIRS], [p["response"] for p in PAIRS])
+    prompts, texts = [], []
+    for p in PAIRS:
+        ids, start = rm.encode(p["prompt"], p["response"])
+        prompts.append(rm.tokenizer.decode(ids[:start]))
+        texts.append(rm.tokenizer.decode(ids))
+    with _client(rm) as c:
+        assert c.get("/health").json()["head"] == "implicit"
+        assert c.post("/score", json={"pairs": PAIRS}).json()["scores"] == pytest.approx(expected, abs=1e-4)
+        r = c.post("/get_reward", json={"query": texts, "prompts": prompts})
+        assert r.status_code == 200 and r.json()["rewards"] == pytest.approx(expected, abs=1e-4)
+        r = c.post("/get_reward", json={"query": texts})
+        assert r.status_code == 422 and "needs `prompts`" in r.json()["detail"]
+        r = c.post("/get_reward", json={"query": texts[:1], "prompts": ["something else"]})
+        assert r.status_code == 422 and "does not start with prompts[0]" in r.json()["detail"]
+    missing = save_tiny_reward_model(tmp_path / "gone", tokenizer, meta={**meta, "base_model": str(tmp_path / "x")})
+    with pytest.raises(hafrm.HafError, match="reference model"):  # at start-up, not at the first request
+        create_app(hafrm.load(missing), ServerSettings())
+    with pytest.raises(hafrm.HafError, match="unknown head 'best'"):
+        create_app(rm, ServerSettings(head="best"))
+
+
+def test_bf16_serving_stays_close_to_fp32(rm):
+    with _client(rm) as c:
+        exact = c.post("/score", json={"pairs": PAIRS}).json()["scores"]
+        assert c.get("/health").json()["precision"] == "fp32"
+    with _client(rm, precision="bf16") as c:
+        health = c.get("/health").json()
+        fast = c.post("/score", json={"pairs": PAIRS}).json()["scores"]
+    assert health["precision"] == "bf16" and health["max_batch_tokens"] == 1024  # the CPU default
+    assert fast == pytest.approx(exact, abs=0.05 * max(1.0, max(abs(x) for x in exact)))
+    assert fast != exact  # really computed in bf16
+    with pytest.raises(hafrm.HafError, match="unknown precision"):
+        create_app(rm, ServerSettings(precision="fp8"))
+
+
 BAD = [
     ("/get_reward", b"{not json", 400, "not valid JSON"),
     ("/get_reward", b"[]", 422, "valid dictionary"),

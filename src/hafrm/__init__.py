@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 from hafrm.config import MODES, SELECTION_METRICS, HafConfig  # noqa: E402
 from hafrm.data.types import PreferencePair  # noqa: E402
 from hafrm.errors import ConfigError, DataError, HafError  # noqa: E402
+from hafrm.export import export_model  # noqa: E402
 from hafrm.losses import POLICY_LOSSES, PolicyLogps, bradley_terry_loss  # noqa: E402
 from hafrm.model import HybridOutput, HybridRewardModel  # noqa: E402
 from hafrm.scoring import RewardModel, load  # noqa: E402
@@ -35,6 +36,7 @@ __all__ = [
     "PreferencePair",
     "RewardModel",
     "bradley_terry_loss",
+    "export_model",
     "load",
     "train",
 ]

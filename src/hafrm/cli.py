@@ -218,7 +218,11 @@ def serve(
     normalize: bool = typer.Option(False, "--normalize", help="Serve (score - mean) / std (the folder's stats)."),
     max_texts: int = typer.Option(256, help="Texts per request, at most (413 beyond)."),
     max_chars: int = typer.Option(32768, help="Characters per text, at most (413 beyond)."),
-    max_batch_tokens: int = typer.Option(16384, help="Tokens per forward: requests arriving together share one."),
+    max_batch_tokens: int | None = typer.Option(
+        None, help="Tokens per forward, shared by requests arriving together (default 1024 on CPU, 16384 on GPU)."
+    ),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:N, or auto (cuda if there is one)."),
+    precision: str = typer.Option("fp32", help="fp32 (the numbers of `hafrm score`), bf16 (faster), or auto."),
     max_wait_ms: float = typer.Option(5.0, help="How long a request waits for others to batch with."),
     max_queue: int = typer.Option(4096, help="Texts waiting, at most (503 beyond)."),
     timeout: float = typer.Option(120.0, help="Seconds per request, queue included (504 beyond)."),
@@ -231,23 +235,33 @@ def serve(
         from hafrm.scoring import RewardModel
         from hafrm.server import ServerSettings, create_app
 
-        if min(max_texts, max_chars, max_batch_tokens, max_queue) < 1 or timeout <= 0 or max_wait_ms < 0:
+        if min(max_texts, max_chars, max_batch_tokens or 1, max_queue) < 1 or timeout <= 0 or max_wait_ms < 0:
             raise HafError("the --max-* limits must be >= 1, --timeout > 0 and --max-wait-ms >= 0")
         settings = ServerSettings(
             head=head, normalize=normalize, api_key=api_key or None, max_texts=max_texts, max_chars=max_chars,
             max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue_texts=max_queue,
-            timeout_s=timeout, batching=batching,
+            timeout_s=timeout, batching=batching, precision=precision,
         )  # fmt: skip
-        rm = RewardModel.from_pretrained(model_dir)
-        if head is not None and head not in ("reward", "implicit"):
-            raise HafError(f"unknown head {head!r}; accepted: reward, implicit")
+        import torch
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            torch.device(device)
+        except RuntimeError:
+            raise HafError(f"unknown device {device!r}; accepted: cpu, cuda, cuda:N, auto") from None
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise HafError(f"--device {device}: no CUDA device here")
+        rm = RewardModel.from_pretrained(model_dir).to(device)
         server_app = create_app(rm, settings)
     except HafError as e:
         _fail(str(e))
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         console.print(f"[yellow]warning:[/] listening on {host} with no --api-key: anyone who reaches it can use it")
-    console.print(f"serving {model_dir} ({settings.head or rm.default_head} head) on http://{host}:{port}; "
-                  f"OpenRLHF: --remote_rm_url http://{host}:{port}/get_reward", highlight=False)  # fmt: skip
+    service = server_app.state.service
+    console.print(f"serving {model_dir} ({service.head} head, {service.precision}, {service.device}) on "
+                  f"http://{host}:{port}; OpenRLHF: --reward.remote_url http://{host}:{port}/get_reward",
+                  highlight=False)  # fmt: skip
     uvicorn.run(server_app, host=host, port=port, log_level="warning")
 
 

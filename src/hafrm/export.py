@@ -145,8 +145,10 @@ def _check_scores(rm: RewardModel, model: Any, tokenizer: Any, offset: float) ->
 
 def _add_legacy_keys(folder: Path) -> None:
     """Keys that transformers 4.x reads where 5.x writes others, so older stacks (RewardBench pins
-    one) load the folder identically: the rope theta at the top level (4.x would fall back to
-    10,000 silently), `torch_dtype`, and the chat template inside tokenizer_config.json."""
+    4.51) load the folder identically: the rope theta at the top level (4.x would fall back to
+    10,000 silently), `torch_dtype`, a tokenizer class 4.x has (5.x writes `TokenizersBackend`),
+    the model's input names (else 4.x tokenizers add `token_type_ids`, which the model rejects),
+    and the chat template inside tokenizer_config.json."""
     cfg_path = folder / "config.json"
     cfg = json.loads(cfg_path.read_text())
     rope = cfg.get("rope_parameters") or {}
@@ -157,8 +159,14 @@ def _add_legacy_keys(folder: Path) -> None:
     if "dtype" in cfg and "torch_dtype" not in cfg:
         cfg["torch_dtype"] = cfg["dtype"]
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    template, tok_path = folder / "chat_template.jinja", folder / "tokenizer_config.json"
-    if template.is_file() and tok_path.is_file():
-        tok = json.loads(tok_path.read_text())
+    tok_path = folder / "tokenizer_config.json"
+    if not tok_path.is_file():
+        return
+    tok = json.loads(tok_path.read_text())
+    if tok.get("tokenizer_class") == "TokenizersBackend":  # 5.x's generic fast tokenizer
+        tok["tokenizer_class"] = "PreTrainedTokenizerFast"
+    tok.setdefault("model_input_names", ["input_ids", "attention_mask"])
+    template = folder / "chat_template.jinja"
+    if template.is_file():
         tok.setdefault("chat_template", template.read_text())
-        tok_path.write_text(json.dumps(tok, indent=2) + "\n")
+    tok_path.write_text(json.dumps(tok, indent=2) + "\n")

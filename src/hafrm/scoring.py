@@ -72,12 +72,29 @@ class RewardModel:
             )
         return stats
 
+    def to(self, device: str | torch.device) -> RewardModel:
+        """Move the model (and its reference, once loaded) to `device`; scoring follows it."""
+        self.model.to(device)
+        if self._reference is not None:
+            self._reference.to(device)
+        return self
+
+    def prepare(self, head: str | None = None) -> str:
+        """Check `head` (default: the model's own) and load what it needs now, not at the first score."""
+        head = head or self.default_head
+        if head not in HEAD_NAMES:
+            raise HafError(f"unknown head {head!r}; accepted: {', '.join(HEAD_NAMES)}")
+        if head == "implicit" and POLICY_LOSSES[self.meta.get("loss", "sigmoid")].needs_reference:
+            self._reference_model()
+        return head
+
     def _reference_model(self) -> HybridRewardModel:
         if self._reference is None:
             base = self.meta.get("base_model")
             if not base or not Path(base).exists():
                 raise HafError(f"implicit scores need the reference model, recorded as {base!r}, which is missing")
-            self._reference = HybridRewardModel(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)).eval()
+            reference = HybridRewardModel(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32))
+            self._reference = reference.to(self.model.device).eval()
         return self._reference
 
     def encode(self, prompt: Prompt, response: str) -> tuple[list[int], int]:
@@ -122,7 +139,7 @@ class RewardModel:
         scores = [0.0] * len(seqs)
         for idx in _length_batches(order, [len(s) for s in seqs], batch_size, max_batch_tokens):
             batch = pad_rows([seqs[i] for i in idx], [starts[i] for i in idx], self.tokenizer.pad_token_id)
-            values = self._score(batch, head)
+            values = self._score({k: v.to(self.model.device) for k, v in batch.items()}, head)
             for i, v in zip(idx, values.tolist(), strict=True):
                 scores[i] = (v - shift) / scale
         return scores
