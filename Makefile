@@ -53,7 +53,7 @@ consumers:
 	-$(MAKE) $(REWARDBENCH)/.installed
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
 
 test: setup lint consumers
 	$(BIN)/python -m pytest -q

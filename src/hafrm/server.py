@@ -5,7 +5,7 @@
   prompt + response texts already formatted (special tokens kept): they are not re-templated.
   Pad tokens at either end are stripped and the assistant turn is closed the way hafrm closes
   every training sequence (ChatML: `<|im_end|>` then a newline), if the text does not already
-  end so: OpenRLHF sends decoded, padded sequences, cut at the eos.
+  end so: OpenRLHF sends each sample decoded, ending at its eos (older versions also padded it).
 - `POST /score`: `{"pairs": [{"prompt": str | messages, "response": str}]}` -> `{"scores": [...]}`,
   formatted with the model's chat template exactly as `hafrm score` formats them.
 - `GET /health`; FastAPI's OpenAPI page at `/docs`.
