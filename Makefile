@@ -26,10 +26,11 @@ run: setup
 # stack: OpenRLHF (its import chain needs deepspeed and flash-attn; flash-attn is built without
 # its CUDA part, and imports through its Triton backend) and RewardBench (an older transformers).
 # tests/test_consumers.py runs the real packages from them, and skips a venv that failed to build.
+# Their stamps depend on nothing: a venv is rebuilt only when its stamp is missing (`make clean`).
 OPENRLHF := .venv-openrlhf
 REWARDBENCH := .venv-rewardbench
 
-$(OPENRLHF)/.installed: Makefile
+$(OPENRLHF)/.installed:
 	rm -rf $(OPENRLHF)
 	$(PYTHON) -m venv $(OPENRLHF)
 	$(OPENRLHF)/bin/python -m pip install -q torch==2.13.0 transformers==5.24.0 accelerate peft einops sympy pylatexenc aiohttp
@@ -40,7 +41,7 @@ $(OPENRLHF)/.installed: Makefile
 	touch $@
 
 # rewardbench pins transformers 4.51 and imports pkg_resources, gone from setuptools 81.
-$(REWARDBENCH)/.installed: Makefile
+$(REWARDBENCH)/.installed:
 	rm -rf $(REWARDBENCH)
 	$(PYTHON) -m venv $(REWARDBENCH)
 	$(REWARDBENCH)/bin/python -m pip install -q torch==2.13.0 rewardbench==0.1.4 "setuptools<81"
@@ -64,4 +65,4 @@ bench: setup
 	$(BIN)/hafrm bench --out bench.json
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs .pytest_cache .ruff_cache $(OPENRLHF) $(REWARDBENCH)

@@ -47,7 +47,7 @@ def workload(rm: hafrm.RewardModel, n: int, seed: int, sizes: list[int]) -> list
         chosen = rng.sample(pairs, k)
         items = [(p.prompt, rng.choice([p.chosen, p.rejected])) for p in chosen]
         if rng.random() < 0.8:
-            query = [rm.tokenizer.decode(rm.encode(q, r)[0]).removesuffix("\n") for q, r in items]
+            query = [rm.tokenizer.decode(rm.encode(q, r).ids).removesuffix("\n") for q, r in items]
             out.append(("/get_reward", {"query": query, "prompts": [""] * k, "labels": [None] * k}, k))
         else:
             out.append(("/score", {"pairs": [{"prompt": q, "response": r} for q, r in items]}, k))

@@ -30,7 +30,6 @@ def test_requests_waiting_together_share_one_forward():
     async def main():
         scorer = GatedScorer()
         b = Batcher(scorer, max_batch_tokens=1000, max_wait_s=0.0)
-        b.start()
         first = b.submit([[1, 2, 3]], [0])
         await asyncio.to_thread(scorer.entered.wait, 5)  # the worker is busy with the first request
         rest = [b.submit([[1] * n, [1] * (n + 1)], [0, 0]) for n in range(1, 6)]
@@ -50,7 +49,6 @@ def test_token_budget_and_no_batching_split_the_queue():
     async def run(**kw):
         scorer = GatedScorer()
         b = Batcher(scorer, max_wait_s=0.0, **kw)
-        b.start()
         first = b.submit([[0] * 4], [0])
         await asyncio.to_thread(scorer.entered.wait, 5)
         rest = [b.submit([[0] * 4], [0]) for _ in range(4)]
@@ -67,7 +65,6 @@ def test_a_full_queue_refuses_at_once_and_memory_stays_bounded():
     async def main():
         scorer = GatedScorer()
         b = Batcher(scorer, max_queue_texts=3, max_wait_s=0.0)
-        b.start()
         busy = b.submit([[1]], [0])
         await asyncio.to_thread(scorer.entered.wait, 5)
         waiting = b.submit([[1], [2]], [0, 0])
@@ -86,7 +83,6 @@ def test_a_scorer_error_reaches_every_waiting_request_and_the_worker_lives_on():
     async def main():
         scorer = GatedScorer(fail=True)
         b = Batcher(scorer, max_wait_s=0.0)
-        b.start()
         scorer.release.set()
         with pytest.raises(RuntimeError, match="exploded"):
             await b.submit([[1]], [0])
@@ -102,7 +98,6 @@ def test_a_request_that_timed_out_while_queued_is_not_scored():
     async def main():
         scorer = GatedScorer()
         b = Batcher(scorer, max_wait_s=0.0)
-        b.start()
         busy = b.submit([[1]], [0])
         await asyncio.to_thread(scorer.entered.wait, 5)
         late = b.submit([[1, 2, 3]], [0])
@@ -116,3 +111,23 @@ def test_a_request_that_timed_out_while_queued_is_not_scored():
 
     calls, after = asyncio.run(main())
     assert calls == [1, 1] and after == [2.0]  # the timed-out request never reached the model
+
+
+def test_close_fails_what_is_queued_and_refuses_more():
+    async def main():
+        scorer = GatedScorer()
+        b = Batcher(scorer, max_wait_s=0.0)
+        busy = b.submit([[1]], [0])
+        await asyncio.to_thread(scorer.entered.wait, 5)
+        queued = b.submit([[1, 2]], [0])
+        closing = asyncio.create_task(asyncio.to_thread(b.close))
+        await asyncio.sleep(0.1)
+        with pytest.raises(QueueFull, match="shutting down"):
+            await queued
+        with pytest.raises(QueueFull, match="shutting down"):
+            b.submit([[1]], [0])
+        scorer.release.set()
+        await closing
+        return await busy
+
+    assert asyncio.run(main()) == [1.0]  # the forward in progress still finishes

@@ -136,7 +136,9 @@ def test_training_stores_score_statistics_that_eval_reproduces(trained, tmp_path
     metrics = json.loads(dest.read_text())
     assert metrics["reward_head/mean"] == pytest.approx(stats["reward"]["mean"], abs=1e-5)
     assert metrics["reward_head/std"] == pytest.approx(stats["reward"]["std"], abs=1e-5)
-    saved = json.loads((copy / "hafrm_config.json").read_text())["reward_stats"]["reward"]
+    rewritten = json.loads((copy / "hafrm_config.json").read_text())
+    assert {k: v for k, v in rewritten.items() if k != "reward_stats"} == meta  # nothing else changed
+    saved = rewritten["reward_stats"]["reward"]
     assert saved["mean"] == pytest.approx(stats["reward"]["mean"], abs=1e-5) and "builtin" in saved["data"]
     singles = tmp_path / "s.jsonl"
     singles.write_text(json.dumps({"prompt": "What is 2 + 2?", "response": "4"}) + "\n")

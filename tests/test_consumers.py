@@ -92,7 +92,7 @@ def test_openrlhf_loads_the_export_and_scores_as_hafrm_does(seq_cls, tiny_rm_dir
     python = _venv_python(".venv-openrlhf")
     rm = hafrm.load(tiny_rm_dir)
     pairs = [("What is 2 + 2?", "4"), ("Say hi.", "Hello there, nice to meet you!"), ("Name a colour.", "Red.")]
-    rows = [rm.encode(p, r)[0] for p, r in pairs]
+    rows = [rm.encode(p, r).ids for p, r in pairs]
     request = Path(seq_cls).parent / "openrlhf_request.json"
     request.write_text(json.dumps({"model": str(seq_cls), "input_ids": rows}))
     out = _run_script(python, "openrlhf_score.py", str(request))
@@ -106,12 +106,13 @@ def test_openrlhf_loads_the_export_and_scores_as_hafrm_does(seq_cls, tiny_rm_dir
 def test_openrlhf_remote_client_reads_hafrm_serve(tiny_rm_dir):
     """OpenRLHF's own HTTP client (what `--reward.remote_url` uses) against `hafrm serve`."""
     python = _venv_python(".venv-openrlhf")
-    from test_server import _free_port
+    from test_server import _free_port, wait_for_health
 
     port = _free_port()
     cmd = [sys.executable, "-m", "hafrm.cli", "serve", str(tiny_rm_dir), "--port", str(port)]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        wait_for_health(f"http://127.0.0.1:{port}", server)  # OpenRLHF's client retries 5 times, 1 s apart
         rm = hafrm.load(tiny_rm_dir)
         prompt = rm.tokenizer.apply_chat_template(
             [{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True, tokenize=False

@@ -44,7 +44,7 @@ def test_seq_cls_export_scores_equal_hafrm_on_chat_texts(arch, tokenizer, tmp_pa
         for p, r in zip(prompts, responses, strict=True)
     ]
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-    assert ids == [rm.encode(p, r)[0] for p, r in zip(prompts, responses, strict=True)]
+    assert ids == [rm.encode(p, r).ids for p, r in zip(prompts, responses, strict=True)]
     assert len({len(i) for i in ids}) > 2  # really batched with other lengths
     got = _seq_cls_scores(result.out, ids, side)
     assert torch.allclose(got, expected, atol=1e-4), (got, expected)
@@ -64,7 +64,7 @@ def test_texts_ending_with_the_pad_token_score_at_that_token(tokenizer, tmp_path
     assert cfg["pad_token_id"] == AutoTokenizer.from_pretrained(result.out).pad_token_id != tokenizer.eos_token_id
     rm = hafrm.load(src)
     prompts, responses = _conversations()
-    ids = [rm.encode(p, r)[0] for p, r in zip(prompts, responses, strict=True)]
+    ids = [rm.encode(p, r).ids for p, r in zip(prompts, responses, strict=True)]
     assert all(row[-1] == tokenizer.eos_token_id for row in ids)
     expected = torch.tensor(rm.score_batch(prompts, responses))
     for side in ("right", "left"):
@@ -111,7 +111,7 @@ def test_a_legacy_head_bias_is_stored_as_an_offset(tokenizer, tmp_path):
     assert cfg["mean"] == 0.25  # the export's own scores' mean: normalised scores stay equal
     rm = hafrm.load(src)
     prompts, responses = _conversations(3)
-    ids = [rm.encode(p, r)[0] for p, r in zip(prompts, responses, strict=True)]
+    ids = [rm.encode(p, r).ids for p, r in zip(prompts, responses, strict=True)]
     got = _seq_cls_scores(result.out, ids, "right") + 0.75
     assert torch.allclose(got, torch.tensor(rm.score_batch(prompts, responses)), atol=1e-4)
 
@@ -123,7 +123,7 @@ def test_causal_lm_export_is_the_policy_head(tiny_rm_dir, tmp_path):
     plain = AutoModelForCausalLM.from_pretrained(result.out).eval()
     tok = AutoTokenizer.from_pretrained(result.out)
     rm = hafrm.load(tiny_rm_dir)
-    ids = torch.tensor([rm.encode("What is 1 + 1?", "2")[0]])
+    ids = torch.tensor([rm.encode("What is 1 + 1?", "2").ids])
     with torch.no_grad():
         assert torch.allclose(plain(ids).logits, rm.model.backbone(ids).logits, atol=1e-5)
     prompt = tok.apply_chat_template(
@@ -148,3 +148,20 @@ def test_export_cli_errors_are_one_line(tiny_rm_dir, tokenizer, tmp_path):
     assert not (tmp_path / "z").exists()
     missing = runner.invoke(app, ["export", str(tmp_path / "nope"), str(tmp_path / "w")])
     assert missing.exit_code == 2 and "is not a hafrm model folder" in missing.output
+
+
+def test_export_never_destroys_the_model_or_its_parents(tiny_rm_dir, tmp_path, monkeypatch):
+    before = sorted(p.name for p in tiny_rm_dir.iterdir())
+    for out in (tiny_rm_dir, tiny_rm_dir.parent, tiny_rm_dir / ".."):
+        r = runner.invoke(app, ["export", str(tiny_rm_dir), str(out), "--overwrite"])
+        assert r.exit_code == 2 and "holds the model folder" in r.output, r.output
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["export", str(tiny_rm_dir), ".", "--overwrite"])
+    assert r.exit_code == 2 and "holds the working folder" in r.output
+    (tmp_path / "file").write_text("x")
+    r = runner.invoke(app, ["export", str(tiny_rm_dir), str(tmp_path / "file"), "--overwrite"])
+    assert r.exit_code == 2 and "is not a folder" in r.output
+    assert sorted(p.name for p in tiny_rm_dir.iterdir()) == before
+    inside = runner.invoke(app, ["export", str(tiny_rm_dir), str(tiny_rm_dir / "seqcls")])  # a subfolder is fine
+    assert inside.exit_code == 0, inside.output
+    assert hafrm.load(tiny_rm_dir).score("a", "b") == pytest.approx(hafrm.load(tiny_rm_dir).score("a", "b"))

@@ -48,7 +48,7 @@ def test_score_equals_hafrm_score_cli(rm, tiny_rm_dir, tmp_path):
 
 def test_get_reward_scores_formatted_queries_as_hafrm_does(rm):
     expected = rm.score_batch([p["prompt"] for p in PAIRS], [p["response"] for p in PAIRS])
-    texts = [rm.tokenizer.decode(rm.encode(p["prompt"], p["response"])[0]) for p in PAIRS]
+    texts = [rm.tokenizer.decode(rm.encode(p["prompt"], p["response"]).ids) for p in PAIRS]
     assert all(t.endswith("<|im_end|>\n") for t in texts)
     pad = rm.tokenizer.pad_token
     variants = [
@@ -142,6 +142,38 @@ def test_malformed_requests_get_4xx_with_a_reason_and_the_server_lives(rm, path,
         assert c.post("/score", json={"pairs": PAIRS[:1]}).status_code == 200
 
 
+def test_content_the_model_cannot_take_gets_4xx_and_a_model_failure_a_json_500(rm):
+    pad = rm.tokenizer.pad_token
+    with _client(rm, max_texts=4, max_chars=100) as c:
+        r = c.post("/get_reward", json={"query": ["fine", pad * 3]})
+        assert r.status_code == 422 and "query[1] is empty" in r.json()["detail"]
+        r = c.post("/score", json={"pairs": [{"prompt": [], "response": "x"}]})
+        assert r.status_code == 422
+        big = b'{"query": ["' + b"a" * 10**7 + b'"]}'
+        r = c.post("/get_reward", content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "bytes" in r.json()["detail"]
+    strict = hafrm.load(rm.path)
+    strict.tokenizer.chat_template = "{{ raise_exception('Conversation roles must alternate') }}"
+    with _client(strict) as c:
+        r = c.post("/score", json={"pairs": PAIRS[:2]})
+        assert r.status_code == 422 and "pairs[0]: the chat template rejects it" in r.json()["detail"]
+    app = create_app(rm)
+    batcher = app.state.service.batcher
+    real = batcher.score_fn
+
+    def broken(seqs, starts):
+        raise RuntimeError("CUDA error: device-side assert")
+
+    with TestClient(app) as c:
+        batcher.score_fn = broken
+        r = c.post("/score", json={"pairs": PAIRS[:1]})
+        assert r.status_code == 500 and "RuntimeError: CUDA error" in r.json()["detail"]
+        batcher.score_fn = real
+        assert c.post("/score", json={"pairs": PAIRS[:1]}).status_code == 200  # the worker lives on
+        assert c.get("/health").json()["ready"] is True
+    assert c.app.state.service.batcher.alive is False  # closed with the app
+
+
 def test_size_limits_answer_413(rm):
     with _client(rm, max_texts=2, max_chars=50) as c:
         r = c.post("/get_reward", json={"query": ["a", "b", "c"]})
@@ -210,6 +242,17 @@ def test_a_full_queue_answers_503_and_a_slow_request_504(rm):
     assert r.status_code == 504 and "0.2 s" in r.json()["detail"]
 
 
+def wait_for_health(base: str, proc: subprocess.Popen, seconds: float = 90) -> httpx.Response:
+    deadline = time.time() + seconds
+    while True:
+        try:
+            return httpx.get(f"{base}/health", timeout=2)
+        except httpx.TransportError:
+            assert proc.poll() is None, f"the server exited with {proc.returncode}"
+            assert time.time() < deadline, "the server did not answer in time"
+            time.sleep(0.3)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -223,16 +266,9 @@ def test_hafrm_serve_subprocess_answers_on_loopback_with_the_key_from_the_enviro
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                health = httpx.get(f"{base}/health", timeout=2)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else "timeout"
-                time.sleep(0.3)
+        health = wait_for_health(base, proc)
         assert health.json()["ready"] is True and health.json()["head"] == "reward"
-        texts = [rm.tokenizer.decode(rm.encode(p["prompt"], p["response"])[0]) for p in PAIRS]
+        texts = [rm.tokenizer.decode(rm.encode(p["prompt"], p["response"]).ids) for p in PAIRS]
         assert httpx.post(f"{base}/get_reward", json={"query": texts}).status_code == 401
         r = httpx.post(f"{base}/get_reward", json={"query": texts}, headers={"Authorization": "Bearer k3y"})
         expected = rm.score_batch([p["prompt"] for p in PAIRS], [p["response"] for p in PAIRS])

@@ -5,6 +5,7 @@ thread owns the model. It takes the oldest request, waits up to `max_wait_s` for
 `max_batch_tokens` tokens are gathered, scores them all with `score_fn` and resolves each
 request's future with its own scores. The queue is bounded in texts: past `max_queue_texts`,
 `submit` raises `QueueFull` at once (the server answers 503), so memory never grows unbounded.
+The worker starts with the batcher; `close` fails what is still queued and stops it.
 """
 
 from __future__ import annotations
@@ -64,27 +65,34 @@ class Batcher:
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="hafrm-batcher", daemon=True)
+        self._thread.start()
 
     @property
     def queued_texts(self) -> int:
         return self._queued_texts
 
-    def start(self) -> None:
-        self._thread.start()
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._closed
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
+        """Refuse new requests, fail the queued ones, and wait for the forward in progress."""
         with self._cond:
             self._closed = True
+            left, self._jobs = list(self._jobs), deque()
+            self._queued_texts = 0
             self._cond.notify_all()
-        self._thread.join(timeout=30)
+        for job in left:
+            _send(job, None, QueueFull("the server is shutting down"))
+        self._thread.join(timeout)
 
     def submit(self, seqs: Sequence[list[int]], starts: Sequence[int]) -> asyncio.Future:
         """Queue one request's sequences; the future resolves to their scores, in order."""
         loop = asyncio.get_running_loop()
         job = _Job(seqs, starts, loop.create_future(), loop)
         with self._cond:
-            if self._closed:
-                raise QueueFull("the server is shutting down")
+            if not self.alive:
+                raise QueueFull("the server is shutting down" if self._closed else "the scoring worker has stopped")
             if self._queued_texts + len(seqs) > self.max_queue_texts:
                 raise QueueFull(
                     f"the queue holds {self._queued_texts} texts and takes at most {self.max_queue_texts}; retry later"
@@ -121,26 +129,36 @@ class Batcher:
     def _run(self) -> None:
         while (group := self._take()) is not None:
             group = [j for j in group if not j.future.cancelled()]  # timed out while queued
-            if not group:
-                continue
-            seqs = [s for j in group for s in j.seqs]
-            starts = [s for j in group for s in j.starts]
-            began = time.perf_counter()
-            try:
-                scores = self.score_fn(seqs, starts)
-            except Exception as e:  # noqa: BLE001 - every waiting request gets the error; the worker lives on
-                for j in group:
-                    j.loop.call_soon_threadsafe(_resolve, j.future, None, e)
-                continue
-            self.stats.busy_s += time.perf_counter() - began
-            self.stats.forwards += 1
-            self.stats.requests += len(group)
-            self.stats.texts += len(seqs)
-            offset = 0
+            if group:
+                self._score(group)
+
+    def _score(self, group: list[_Job]) -> None:
+        seqs = [s for j in group for s in j.seqs]
+        starts = [s for j in group for s in j.starts]
+        began = time.perf_counter()
+        try:
+            scores = self.score_fn(seqs, starts)
+            if len(scores) != len(seqs):
+                raise RuntimeError(f"the scorer returned {len(scores)} scores for {len(seqs)} texts")
+        except Exception as e:  # every request of the group gets the error; the worker lives on
             for j in group:
-                values = scores[offset : offset + len(j.seqs)]
-                offset += len(j.seqs)
-                j.loop.call_soon_threadsafe(_resolve, j.future, values, None)
+                _send(j, None, e)
+            return
+        self.stats.busy_s += time.perf_counter() - began
+        self.stats.forwards += 1
+        self.stats.requests += len(group)
+        self.stats.texts += len(seqs)
+        offset = 0
+        for j in group:
+            _send(j, scores[offset : offset + len(j.seqs)], None)
+            offset += len(j.seqs)
+
+
+def _send(job: _Job, value: list[float] | None, error: Exception | None) -> None:
+    try:
+        job.loop.call_soon_threadsafe(_resolve, job.future, value, error)
+    except RuntimeError:  # its event loop is closed: nobody is waiting any more
+        pass
 
 
 def _resolve(future: asyncio.Future, value: list[float] | None, error: Exception | None) -> None:

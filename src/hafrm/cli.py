@@ -235,8 +235,11 @@ def serve(
         from hafrm.scoring import RewardModel
         from hafrm.server import ServerSettings, create_app
 
-        if min(max_texts, max_chars, max_batch_tokens or 1, max_queue) < 1 or timeout <= 0 or max_wait_ms < 0:
+        limits = [max_texts, max_chars, max_queue] + ([max_batch_tokens] if max_batch_tokens is not None else [])
+        if min(limits) < 1 or timeout <= 0 or max_wait_ms < 0:
             raise HafError("the --max-* limits must be >= 1, --timeout > 0 and --max-wait-ms >= 0")
+        if max_texts > max_queue:
+            raise HafError(f"--max-texts {max_texts} > --max-queue {max_queue}: a full request could never be queued")
         settings = ServerSettings(
             head=head, normalize=normalize, api_key=api_key or None, max_texts=max_texts, max_chars=max_chars,
             max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue_texts=max_queue,
@@ -247,11 +250,9 @@ def serve(
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
-            torch.device(device)
-        except RuntimeError:
-            raise HafError(f"unknown device {device!r}; accepted: cpu, cuda, cuda:N, auto") from None
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise HafError(f"--device {device}: no CUDA device here")
+            torch.zeros(1, device=device)
+        except (RuntimeError, AssertionError) as e:
+            raise HafError(f"--device {device}: {str(e).splitlines()[0] if str(e) else 'not usable here'}") from None
         rm = RewardModel.from_pretrained(model_dir).to(device)
         server_app = create_app(rm, settings)
     except HafError as e:

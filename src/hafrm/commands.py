@@ -44,10 +44,13 @@ def evaluate_model_dir(
     stats = score_stats(result, f"hafrm eval --data {' '.join(data)} ({len(result.tags)} pairs)")
     for head, values in stats.items():
         metrics[f"{HEADS[head]}/mean"], metrics[f"{HEADS[head]}/std"] = values["mean"], values["std"]
-    if save_stats:
+    if save_stats:  # this data's statistics replace the heads it scored; other heads keep theirs
         meta = dict(rm.meta)
-        meta[STATS_KEY] = stats
-        write_json_atomic(Path(model_dir) / HAFRM_CONFIG_FILE, meta)
+        meta[STATS_KEY] = {**meta.get(STATS_KEY, {}), **stats}
+        try:
+            write_json_atomic(Path(model_dir) / HAFRM_CONFIG_FILE, meta)
+        except OSError as e:
+            raise HafError(f"cannot store the statistics in {model_dir}: {e.strerror or e}") from None
     return metrics
 
 
@@ -142,7 +145,7 @@ def plot_scores(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.tight_layout()
     try:
         fig.savefig(path, dpi=120)
-    except OSError as e:
-        raise HafError(f"cannot write the plot to {path}: {e.strerror or e}") from None
+    except (OSError, ValueError) as e:  # ValueError: a file ending matplotlib cannot write
+        raise HafError(f"cannot write the plot to {path}: {getattr(e, 'strerror', None) or e}") from None
     finally:
         plt.close(fig)

@@ -21,7 +21,7 @@ from transformers import AutoModelForSequenceClassification
 from hafrm import __version__
 from hafrm.data.tokenize import pad_rows
 from hafrm.errors import HafError
-from hafrm.scoring import STATS_KEY, RewardModel
+from hafrm.scoring import MIN_STD, STATS_KEY, RewardModel
 
 TARGETS = ("seq-cls", "causal-lm")
 PAD_TOKEN = "<|pad|>"  # added when the tokenizer's pad token can end a formatted text
@@ -42,24 +42,41 @@ def export_model(model_dir: str | Path, target: str, out: str | Path, overwrite:
     """Write `model_dir` (a `hafrm train` folder) to `out` as `target` ('seq-cls' or 'causal-lm')."""
     if target not in TARGETS:
         raise HafError(f"unknown export target {target!r}; accepted: {', '.join(TARGETS)}")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise HafError(f"{out} exists and is not empty (pass --overwrite to replace it)")
+    out = _check_out(Path(model_dir), Path(out), overwrite)
     rm = RewardModel.from_pretrained(model_dir)
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if target == "causal-lm":
-        rm.model.backbone.save_pretrained(tmp)
-        rm.tokenizer.save_pretrained(tmp)
-        result = ExportResult(out=out, target=target, pad_token=None, pad_token_added=False, score_offset=0.0,
-                              max_abs_diff=0.0)  # fmt: skip
-    else:
-        result = _write_seq_cls(rm, tmp, out)
-    _add_legacy_keys(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    tmp, old = out.with_name(f".{out.name}.partial"), out.with_name(f".{out.name}.old")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if target == "causal-lm":
+            rm.model.backbone.save_pretrained(tmp)
+            rm.tokenizer.save_pretrained(tmp)
+            result = ExportResult(out=out, target=target, pad_token=None, pad_token_added=False, score_offset=0.0,
+                                  max_abs_diff=0.0)  # fmt: skip
+        else:
+            result = _write_seq_cls(rm, tmp, out)
+        _add_legacy_keys(tmp)
+        if out.exists():  # replaced only once the new folder is complete: never a moment with neither
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        raise HafError(f"cannot write {out}: {e.strerror or e}") from None
     return result
+
+
+def _check_out(model_dir: Path, out: Path, overwrite: bool) -> Path:
+    """`out`, resolved, if writing there cannot destroy the model, the working folder or other files."""
+    out, src = out.resolve(), model_dir.resolve()
+    if src.is_relative_to(out):
+        raise HafError(f"{out} is or holds the model folder {src}: choose another output folder")
+    if Path.cwd().resolve().is_relative_to(out) or out.parent == out:
+        raise HafError(f"{out} holds the working folder: choose another output folder")
+    if out.exists() and not out.is_dir():
+        raise HafError(f"{out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise HafError(f"{out} exists and is not empty (pass --overwrite to replace it)")
+    return out
 
 
 def _write_seq_cls(rm: RewardModel, tmp: Path, out: Path) -> ExportResult:
@@ -98,7 +115,7 @@ def _write_seq_cls(rm: RewardModel, tmp: Path, out: Path) -> ExportResult:
     if offset:
         extra["score_offset"] = offset  # hafrm score = export score + score_offset
     stats = rm.meta.get(STATS_KEY, {}).get("reward")
-    if stats:  # OpenRLHF's names: it applies (r - mean) / std when reward normalisation is on
+    if stats and stats["std"] >= MIN_STD:  # OpenRLHF's names: it applies (r - mean) / std when normalisation is on
         model.config.mean, model.config.std = stats["mean"] - offset, stats["std"]
     model.config.hafrm_export = extra
     model.save_pretrained(tmp)
@@ -130,7 +147,7 @@ def _ensure_safe_pad(model: Any, tokenizer: Any, closing: list[int]) -> bool:
 def _check_scores(rm: RewardModel, model: Any, tokenizer: Any, offset: float) -> float:
     """The export's scores against hafrm's on probe texts, right- and left-padded together; raise if apart."""
     encoded = [rm.encode(p, r) for p, r in _PROBES]
-    seqs = [ids for ids, _ in encoded] + [[*encoded[0][0], tokenizer.eos_token_id]]  # one ends with eos
+    seqs = [e.ids for e in encoded] + [[*encoded[0].ids, tokenizer.eos_token_id]]  # one ends with eos
     expected = torch.tensor(rm.score_ids(seqs, [0] * len(seqs), head="reward"))
     worst = 0.0
     for side in ("right", "left"):

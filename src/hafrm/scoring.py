@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -18,6 +18,12 @@ from hafrm.model import HAFRM_CONFIG_FILE, REWARD_HEAD_FILE, HybridRewardModel
 Prompt = str | list[dict[str, str]]
 HEAD_NAMES = ("reward", "implicit")
 STATS_KEY = "reward_stats"  # in hafrm_config.json: head -> {"mean", "std", "n", "data"}
+MIN_STD = 1e-6  # a head whose scores spread less than this (an untrained one) cannot be normalised
+
+
+class Encoded(NamedTuple):
+    ids: list[int]  # prompt + response tokens, formatted as training formats them
+    start: int  # where the response starts
 
 
 def _messages(prompt: Prompt) -> list[dict[str, str]]:
@@ -70,6 +76,9 @@ class RewardModel:
                 f"{self.path}: no reward statistics for the {head} head are stored; "
                 f"run `hafrm eval {self.path} --data ... --save-stats` to compute them"
             )
+        if stats["std"] < MIN_STD:
+            raise HafError(f"{self.path}: the {head} head's scores have std {stats['std']:.3g} (constant): "
+                           "they cannot be normalised")  # fmt: skip
         return stats
 
     def to(self, device: str | torch.device) -> RewardModel:
@@ -97,9 +106,9 @@ class RewardModel:
             self._reference = reference.to(self.model.device).eval()
         return self._reference
 
-    def encode(self, prompt: Prompt, response: str) -> tuple[list[int], int]:
+    def encode(self, prompt: Prompt, response: str) -> Encoded:
         """Token ids of the formatted (prompt, response), as training formats them, and where the response starts."""
-        return self.encoder.encode(_messages(prompt), response)
+        return Encoded(*self.encoder.encode(_messages(prompt), response))
 
     def score_batch(
         self,
@@ -113,7 +122,8 @@ class RewardModel:
         if len(prompts) != len(responses):
             raise HafError(f"{len(prompts)} prompts but {len(responses)} responses")
         encoded = [self.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
-        return self.score_ids([e[0] for e in encoded], [e[1] for e in encoded], head, batch_size, normalize=normalize)
+        ids, starts = [e.ids for e in encoded], [e.start for e in encoded]
+        return self.score_ids(ids, starts, head, batch_size, normalize=normalize)
 
     @torch.no_grad()
     def score_ids(

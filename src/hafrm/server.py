@@ -18,7 +18,7 @@ import dataclasses
 import secrets
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -53,7 +53,7 @@ class Message(BaseModel):
 
 
 class ScorePair(BaseModel):
-    prompt: str | list[Message]
+    prompt: str | Annotated[list[Message], Field(min_length=1)]
     response: str
 
 
@@ -76,15 +76,20 @@ class QueryFormatter:
         self.pad = self.tok.pad_token or ""
 
     def strip_pads(self, text: str) -> str:
-        if self.pad:
-            while text.startswith(self.pad):
-                text = text[len(self.pad) :]
-            while text.endswith(self.pad):
-                text = text[: -len(self.pad)]
-        return text
+        if not self.pad:
+            return text
+        n, start, end = len(self.pad), 0, len(text)
+        while text.startswith(self.pad, start, end):
+            start += n
+        while end - n >= start and text.endswith(self.pad, start, end):
+            end -= n
+        return text[start:end]
 
-    def ids(self, text: str) -> list[int]:
-        ids = self.tok(self.strip_pads(text), add_special_tokens=False)["input_ids"]
+    def ids(self, text: str, field: str) -> list[int]:
+        text = self.strip_pads(text)
+        if not text.strip():
+            raise HTTPException(422, f"{field} is empty (after stripping pad tokens)")
+        ids = self.tok(text, add_special_tokens=False)["input_ids"]
         c = self.closing
         done = next((k for k in range(len(c), 0, -1) if ids[-k:] == c[:k]), 0)  # longest closing prefix at the end
         return ids + c[done:] if done < len(c) else ids
@@ -140,19 +145,32 @@ class ScoringService:
             if n > chars:
                 raise HTTPException(413, f"{field}[{i}] has {n} characters; at most {chars} (--max-chars)")
 
-    def query_starts(self, query: list[str], prompts: list[str] | None) -> list[int]:
-        """Where each query's response starts: only the implicit head (log-probs) needs it."""
+    def encode_queries(self, query: list[str], prompts: list[str] | None) -> tuple[list[list[int]], list[int]]:
+        """Token ids of each query and where its response starts (only the implicit head needs that)."""
+        seqs = [self.formatter.ids(q, f"query[{i}]") for i, q in enumerate(query)]
         if self.head != "implicit":
-            return [0] * len(query)
+            return seqs, [0] * len(seqs)
         if prompts is None or len(prompts) != len(query):
             raise HTTPException(422, "the implicit head needs `prompts`, one per query")
         starts = []
-        for i, (q, p) in enumerate(zip(query, prompts, strict=True)):
-            prompt = self.formatter.strip_pads(p)
-            if not self.formatter.strip_pads(q).startswith(prompt):
-                raise HTTPException(422, f"query[{i}] does not start with prompts[{i}]")
-            starts.append(len(self.rm.tokenizer(prompt, add_special_tokens=False)["input_ids"]))
-        return starts
+        for i, (ids, p) in enumerate(zip(seqs, prompts, strict=True)):
+            prompt = self.rm.tokenizer(self.formatter.strip_pads(p), add_special_tokens=False)["input_ids"]
+            if ids[: len(prompt)] != prompt or len(prompt) >= len(ids):
+                raise HTTPException(422, f"query[{i}] does not start with prompts[{i}] (as tokens), or has no response")
+            starts.append(len(prompt))
+        return seqs, starts
+
+    def encode_pairs(self, pairs: list[ScorePair]) -> tuple[list[list[int]], list[int]]:
+        seqs, starts = [], []
+        for i, p in enumerate(pairs):
+            prompt = p.prompt if isinstance(p.prompt, str) else [m.model_dump() for m in p.prompt]
+            try:
+                encoded = self.rm.encode(prompt, p.response)
+            except Exception as e:  # a chat template that rejects the conversation (roles, order)
+                raise HTTPException(422, f"pairs[{i}]: the chat template rejects it: {e}") from None
+            seqs.append(encoded.ids)
+            starts.append(encoded.start)
+        return seqs, starts
 
     async def run(self, field: str, seqs: list[list[int]], starts: list[int]) -> list[float]:
         for i, s in enumerate(seqs):
@@ -166,6 +184,13 @@ class ScoringService:
             return await asyncio.wait_for(future, self.settings.timeout_s)
         except TimeoutError:
             raise HTTPException(504, f"not scored within {self.settings.timeout_s:g} s (--timeout)") from None
+        except QueueFull as e:  # shut down while queued
+            raise HTTPException(503, str(e)) from None
+        except torch.OutOfMemoryError:
+            raise HTTPException(503, "out of memory in the forward: lower --max-batch-tokens",
+                                headers={"Retry-After": "1"}) from None  # fmt: skip
+        except Exception as e:  # the model failed on this batch; the server goes on
+            raise HTTPException(500, f"scoring failed: {type(e).__name__}: {e}") from None
 
 
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -181,20 +206,27 @@ def create_app(rm: RewardModel, settings: ServerSettings | None = None) -> FastA
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        service.batcher.start()
         yield
-        service.batcher.close()
+        await asyncio.to_thread(service.batcher.close)  # the worker started with the service
 
     app = FastAPI(title="hafrm reward model", version="1", lifespan=lifespan)
     app.state.service = service
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    max_body = service.settings.max_texts * (service.settings.max_chars + 64) * 6 + 2**20  # JSON escapes x6
+
+    @app.middleware("http")
+    async def bounded_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_body:
+            return JSONResponse({"detail": f"the body is {length} bytes; at most {max_body}"}, status_code=413)
+        return await call_next(request)
     auth = [Depends(service.authorise)]
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {
             "status": "ok",
-            "ready": True,
+            "ready": service.batcher.alive,
             "model": str(rm.path),
             "mode": rm.meta.get("mode"),
             "head": service.head,
@@ -211,20 +243,21 @@ def create_app(rm: RewardModel, settings: ServerSettings | None = None) -> FastA
     async def get_reward(body: GetRewardRequest) -> dict[str, Any]:
         """OpenRLHF's remote reward model: one reward per query text."""
         service.check_sizes("query", [[q] for q in body.query])
-        starts = service.query_starts(body.query, body.prompts)
-        scores = await service.run("query", [service.formatter.ids(q) for q in body.query], starts)
+        if body.prompts is not None:
+            service.check_sizes("prompts", [[q] for q in body.prompts])
+        seqs, starts = await asyncio.to_thread(service.encode_queries, body.query, body.prompts)  # off the loop
+        scores = await service.run("query", seqs, starts)
         return {"rewards": scores, "scores": scores, "extra_logs": {}}
 
     @app.post("/score", dependencies=auth)
     async def score(body: ScoreRequest) -> dict[str, Any]:
         """One score per (prompt, response), formatted as `hafrm score` formats them."""
-        prompts = [p.prompt if isinstance(p.prompt, str) else [m.model_dump() for m in p.prompt] for p in body.pairs]
         service.check_sizes("pairs", [
-            [p.response, *([q] if isinstance(q, str) else [m["content"] for m in q])]
-            for p, q in zip(body.pairs, prompts, strict=True)
+            [p.response, *([p.prompt] if isinstance(p.prompt, str) else [m.content for m in p.prompt])]
+            for p in body.pairs
         ])  # fmt: skip
-        encoded = [rm.encode(q, p.response) for p, q in zip(body.pairs, prompts, strict=True)]
-        scores = await service.run("pairs", [e[0] for e in encoded], [e[1] for e in encoded])
+        seqs, starts = await asyncio.to_thread(service.encode_pairs, body.pairs)
+        scores = await service.run("pairs", seqs, starts)
         return {"scores": scores, "head": service.head}
 
     return app
