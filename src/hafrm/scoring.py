@@ -138,9 +138,7 @@ class RewardModel:
         """One score per token sequence (`starts`: where each response begins; the implicit head
         sums log-probs from there). Sequences are sorted by length and cut into batches of at most
         `batch_size` rows and, if given, `max_batch_tokens` padded tokens."""
-        head = head or self.default_head
-        if head not in HEAD_NAMES:
-            raise HafError(f"unknown head {head!r}; accepted: {', '.join(HEAD_NAMES)}")
+        head = self.prepare(head)
         shift, scale = 0.0, 1.0
         if normalize:
             stats = self.stats(head)
