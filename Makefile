@@ -55,6 +55,7 @@ consumers:
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
 
 test: setup lint consumers
 	$(BIN)/python -m pytest -q

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from hafrm.config import HafConfig
 from hafrm.data.builtin import split_pairs
 from hafrm.data.tokenize import PairTokenizer
-from hafrm.models import load_backbone
-from hafrm.pipeline import builtin_pairs
+from hafrm.modeling.backbone import load_backbone
+from hafrm.training.recipe import builtin_pairs
 
 LAYERS = (10, 15, 20, 25, 30)
 POSITIONS = {-3: "answer's last token", -2: "<|im_end|>", -1: "trailing newline (reward read here)"}
@@ -92,6 +92,7 @@ def main() -> None:
         fit, held_out = probe(f_train[key], f_test[key], args.l2)
         rows.append({"layer": key[0], "position": POSITIONS[key[1]], "train": fit, "held_out": held_out})
         print(f"layer {key[0]:2d}  {POSITIONS[key[1]]:36s} train {fit:.3f}  held-out {held_out:.3f}", flush=True)
+
     def zero_shot(diff: torch.Tensor) -> float:
         return ((diff > 0).float() + 0.5 * (diff == 0).float()).mean().item()
 

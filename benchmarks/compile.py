@@ -21,13 +21,13 @@ WAYS = ("eager", "compiled")
 def run_way(way: str, steps: int) -> dict:
     import torch
 
-    from hafrm.bench import step_times
+    from hafrm.apps.bench import step_times
     from hafrm.config import HafConfig
     from hafrm.data.tokenize import PairCollator, PairTokenizer, pair_features
-    from hafrm.model import HybridRewardModel
-    from hafrm.models import load_backbone
-    from hafrm.objective import HybridObjective
-    from hafrm.pipeline import builtin_pairs
+    from hafrm.modeling.backbone import load_backbone
+    from hafrm.modeling.hybrid import HybridRewardModel
+    from hafrm.objectives.haf import HybridObjective
+    from hafrm.training.recipe import builtin_pairs
 
     torch.manual_seed(0)
     backbone, tokenizer, _ = load_backbone("smollm2")

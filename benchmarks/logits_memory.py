@@ -35,8 +35,8 @@ def _rss_mib() -> float:
 def run_variant(variant: str, length: int, response: int, steps: int) -> dict:
     import torch
 
-    from hafrm.model import HybridRewardModel
-    from hafrm.models import load_backbone
+    from hafrm.modeling.backbone import load_backbone
+    from hafrm.modeling.hybrid import HybridRewardModel
 
     torch.manual_seed(0)
     backbone, tokenizer, _ = load_backbone("smollm2")

@@ -17,16 +17,16 @@ from pathlib import Path
 
 import torch
 
-from hafrm.bench import step_times
+from hafrm.apps.bench import step_times
 from hafrm.config import HafConfig
 from hafrm.data.formats import DataOptions
 from hafrm.data.io import load_source
 from hafrm.data.tokenize import PairCollator, PairTokenizer, pair_features
-from hafrm.model import HybridRewardModel
-from hafrm.models import load_backbone
-from hafrm.objective import HybridObjective
-from hafrm.pipeline import builtin_pairs
-from hafrm.precision import cpu_matmul_gflops, resolve_precision
+from hafrm.modeling.backbone import load_backbone
+from hafrm.modeling.hybrid import HybridRewardModel
+from hafrm.objectives.haf import HybridObjective
+from hafrm.training.precision import cpu_matmul_gflops, resolve_precision
+from hafrm.training.recipe import builtin_pairs
 
 HH = Path("../shared/data/hh-helpful-base-test.jsonl.gz")
 

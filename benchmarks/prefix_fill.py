@@ -2,7 +2,7 @@
 
     python benchmarks/prefix_fill.py --out prefix_fill.json
 
-A run with frozen layers computes their output once per data set (hafrm.prefix.fill). The eval
+A run with frozen layers computes their output once per data set (hafrm.modeling.prefix.fill). The eval
 sets' states are computed in fp32 (evaluation runs in fp32); with bf16 training steps the
 training set's are computed under the steps' bf16 autocast. This times both on the sequences of
 the main job's training split (the defaults: the built-in task, the embedded SmolLM2, the
@@ -20,10 +20,10 @@ import torch
 
 from hafrm.config import HafConfig
 from hafrm.data.tokenize import PairTokenizer
-from hafrm.model import HybridRewardModel
-from hafrm.models import load_backbone
-from hafrm.pipeline import load_data
-from hafrm.prefix import PrefixCache, _compute_set
+from hafrm.modeling.backbone import load_backbone
+from hafrm.modeling.hybrid import HybridRewardModel
+from hafrm.modeling.prefix import PrefixCache, _compute_set
+from hafrm.training.recipe import load_data
 
 
 def main() -> None:

@@ -24,10 +24,10 @@ import tempfile
 from pathlib import Path
 
 import hafrm
-from hafrm.commands import evaluate_model
+from hafrm.apps.commands import evaluate_model
+from hafrm.apps.export import export_model
+from hafrm.apps.rewardbench import section_metrics
 from hafrm.data.formats import DataOptions
-from hafrm.export import export_model
-from hafrm.rewardbench import section_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIM = ROOT / "tools" / "rewardbench_cpu.py"
@@ -66,9 +66,9 @@ def hafrm_side(model_dir: Path, data: Path) -> dict:
 
 def builtin_rewardbench_file(model_dir: Path, path: Path) -> int:
     """The model's held-out built-in pairs in RewardBench's format (single-turn prompts)."""
-    from hafrm.commands import _train_config
+    from hafrm.apps.commands import _train_config
     from hafrm.data.io import split_by_prompt
-    from hafrm.pipeline import builtin_pairs
+    from hafrm.training.recipe import builtin_pairs
 
     cfg = _train_config(hafrm.load(model_dir))
     held_out = split_by_prompt(builtin_pairs(cfg), cfg.eval_fraction, cfg.seed)[1]

@@ -33,7 +33,7 @@ import torch
 
 import hafrm
 from hafrm.config import HafConfig
-from hafrm.pipeline import builtin_pairs
+from hafrm.training.recipe import builtin_pairs
 
 
 def workload(rm: hafrm.RewardModel, n: int, seed: int, sizes: list[int]) -> list[tuple[str, dict, int]]:
@@ -62,7 +62,7 @@ def free_port() -> int:
 
 def start_server(model_dir: Path, batching: bool, extra: list[str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "hafrm.cli", "serve", str(model_dir), "--port", str(port), *extra]
+    cmd = [sys.executable, "-m", "hafrm.apps.cli", "serve", str(model_dir), "--port", str(port), *extra]
     cmd += [] if batching else ["--no-batching"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -158,8 +158,8 @@ def main() -> None:
     if model_dir is None:
         tmp = tempfile.TemporaryDirectory()
         model_dir = Path(tmp.name) / "smollm2-random-head"
-        from hafrm.model import HybridRewardModel
-        from hafrm.models import load_backbone
+        from hafrm.modeling.backbone import load_backbone
+        from hafrm.modeling.hybrid import HybridRewardModel
 
         backbone, tokenizer, _ = load_backbone("smollm2")
         model = HybridRewardModel(backbone)

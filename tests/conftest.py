@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from hafrm.models import prepare_embedded
+from hafrm.modeling.backbone import prepare_embedded
 from helpers import save_tiny_reward_model, tiny_backbone
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from hafrm.data.types import PreferencePair
-from hafrm.model import HybridRewardModel
+from hafrm.modeling.hybrid import HybridRewardModel
 
 
 def tiny_backbone(arch: str, vocab_size: int, seed: int = 0, layers: int = 2):

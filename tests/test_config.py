@@ -50,7 +50,7 @@ def test_every_field_has_help():
 
 @pytest.mark.parametrize(("group_by_length", "sampler"), [(True, "group_by_length"), (False, "random")])
 def test_group_by_length_picks_the_trainers_sampler(tmp_path, group_by_length, sampler):
-    from hafrm.pipeline import _training_args
+    from hafrm.training.recipe import _training_args
 
     cfg = HafConfig(group_by_length=group_by_length, output_dir=str(tmp_path))
     assert _training_args(cfg, 64).train_sampling_strategy == sampler

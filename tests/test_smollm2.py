@@ -6,10 +6,10 @@ import torch
 from hafrm.config import HafConfig
 from hafrm.data.builtin import generate_pairs
 from hafrm.data.tokenize import PairCollator, PairTokenizer, pair_features
-from hafrm.model import HybridRewardModel
-from hafrm.models import load_backbone
-from hafrm.objective import HybridObjective
-from hafrm.reference import compute_logps
+from hafrm.modeling.backbone import load_backbone
+from hafrm.modeling.hybrid import HybridRewardModel
+from hafrm.objectives.haf import HybridObjective
+from hafrm.training.reference import compute_logps
 
 pytestmark = pytest.mark.slow
 

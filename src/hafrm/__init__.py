@@ -6,18 +6,18 @@ rejected); `T` tokens; `H` hidden size; `V` vocabulary size.
 
 __version__ = "0.1.0"
 
+from hafrm.apps.export import export_model  # noqa: E402
 from hafrm.config import MODES, SELECTION_METRICS, HafConfig  # noqa: E402
 from hafrm.data.types import PreferencePair  # noqa: E402
 from hafrm.errors import ConfigError, DataError, HafError  # noqa: E402
-from hafrm.export import export_model  # noqa: E402
-from hafrm.losses import POLICY_LOSSES, PolicyLogps, bradley_terry_loss  # noqa: E402
-from hafrm.model import HybridOutput, HybridRewardModel  # noqa: E402
-from hafrm.scoring import RewardModel, load  # noqa: E402
+from hafrm.evaluation.scoring import RewardModel, load  # noqa: E402
+from hafrm.modeling.hybrid import HybridOutput, HybridRewardModel  # noqa: E402
+from hafrm.objectives.losses import POLICY_LOSSES, PolicyLogps, bradley_terry_loss  # noqa: E402
 
 
 def train(cfg: HafConfig):
-    """Run a training job (see `hafrm.pipeline.train`)."""
-    from hafrm.pipeline import train as _train
+    """Run a training job (see `hafrm.training.recipe.train`)."""
+    from hafrm.training.recipe import train as _train
 
     return _train(cfg)
 

@@ -11,7 +11,7 @@ import yaml
 
 from hafrm.data.formats import FORMATS, PKU_LABELS, DataOptions, parse_mapping
 from hafrm.errors import ConfigError, DataError
-from hafrm.losses import POLICY_LOSSES
+from hafrm.objectives.losses import POLICY_LOSSES
 
 
 @dataclass(frozen=True)

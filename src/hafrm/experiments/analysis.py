@@ -13,9 +13,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from hafrm.apps.rewardbench import rewardbench_sections
 from hafrm.experiments.runner import HEAD_KEYS
 from hafrm.experiments.spec import MIXED, ExperimentSpec
-from hafrm.rewardbench import rewardbench_sections
 
 SELECTION = ("reward", "accuracy", "loss", "margin", "step")
 CALIBRATION_BINS = 10
@@ -282,7 +282,7 @@ def best_of_n(
     candidates' own rate (a random pick's expectation) and the oracle's (any candidate correct).
     With a judge model's scores: the judge's mean score of the picks, top-k recall against the
     judge's ranking, and win rates between rows, paired by training set and seed."""
-    from hafrm.bon import groups, picks, topk_recall
+    from hafrm.evaluation.bon import groups, picks, topk_recall
 
     if not candidates:
         return {}
@@ -329,7 +329,7 @@ def best_of_n(
 def _paired_win_rates(picked_by: dict[str, dict], judge: list[float]) -> dict[str, Any]:
     """How often row A's pick scores above row B's by the judge (a tie half), per cell pairing
     the two rows by training set and seed; mean ± std over those cells."""
-    from hafrm.bon import win_rate
+    from hafrm.evaluation.bon import win_rate
 
     wins = {}
     rows = list(picked_by)

@@ -33,9 +33,9 @@ from hafrm.data.inspect import pair_record
 from hafrm.data.io import cap, load_source, split_by_prompt
 from hafrm.data.types import PreferencePair
 from hafrm.errors import DataError, HafError
-from hafrm.evaluate import EvalResult
+from hafrm.evaluation.evaluate import EvalResult
 from hafrm.experiments.spec import MIXED, NOT_SHARED, DatasetSpec, ExperimentSpec
-from hafrm.precision import resolve_precision
+from hafrm.training.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 # Bump when a cell's training or evaluation computes differently for the same config and data,
@@ -86,7 +86,7 @@ def plan_cells(spec: ExperimentSpec) -> list[Cell]:
 
 # data -----------------------------------------------------------------------------------------
 def _read_dataset(ds: DatasetSpec, spec: ExperimentSpec) -> tuple[list[PreferencePair], list[dict[str, Any]]]:
-    from hafrm.pipeline import builtin_pairs, builtin_skills
+    from hafrm.training.recipe import builtin_pairs, builtin_skills
 
     cfg = HafConfig.from_dict(
         {**ds.options, "max_pairs_per_source": ds.max_pairs, "seed": spec.split_seed},
@@ -239,7 +239,7 @@ def _scores(result: EvalResult, dataset_of: Callable[[int], str]) -> dict[str, d
 
 def bon_candidates(spec: ExperimentSpec, out: Path, log_line: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """The Best-of-N candidates every cell scores (sampled once, kept in `out/bon/`)."""
-    from hafrm.bon import BonSpec, load_or_generate
+    from hafrm.evaluation.bon import BonSpec, load_or_generate
 
     if not spec.bon:
         return []
@@ -267,7 +267,7 @@ def _judge_key(judge: Path, candidates: list[dict[str, Any]]) -> str:
 def judge_scores(judge: Path, candidates: list[dict[str, Any]], out: Path, log_line=print) -> list[float]:
     """The judge model's score of every candidate, kept in `out/judge.json` (rescored when the
     candidates or the judge's folder change)."""
-    from hafrm.scoring import load
+    from hafrm.evaluation.scoring import load
 
     key = _judge_key(judge, candidates)
     path = out / "judge.json"
@@ -308,7 +308,7 @@ def run_cell(
     """Train one cell; evaluate its final model on every test split and external set, in process."""
     from hafrm.data.formats import DataOptions
     from hafrm.data.io import load_pairs
-    from hafrm.pipeline import train
+    from hafrm.training.recipe import train
 
     start = time.time()
     extra = {Path(p).name: load_pairs(p, DataOptions(format="trl")) for p in other_tests}

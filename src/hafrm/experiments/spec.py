@@ -68,7 +68,7 @@ class ExperimentSpec:
     external: dict[str, str] = field(default_factory=dict)  # name -> RewardBench-format file
     alpha_sweep: AlphaSweep | None = None
     evals_per_run: int = 4
-    bon: dict[str, Any] | None = None  # Best-of-N in every cell: hafrm.bon.BonSpec fields (prompts, n, ...)
+    bon: dict[str, Any] | None = None  # Best-of-N in every cell: hafrm.evaluation.bon.BonSpec fields (prompts, n, ...)
     # and optionally `judge`: a saved hafrm model whose scores rank the candidates
     keep_models: bool = False
     source: str = "experiment"
@@ -228,7 +228,7 @@ def _validate_configs(spec: ExperimentSpec) -> None:
 
 
 def _validate_bon(spec: ExperimentSpec) -> None:
-    from hafrm.bon import BonSpec
+    from hafrm.evaluation.bon import BonSpec
 
     if spec.bon is None:
         return

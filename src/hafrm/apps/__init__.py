@@ -1,0 +1,1 @@
+"""What users run: the CLI, export, the reward server, the RewardBench bridge, the benchmark."""

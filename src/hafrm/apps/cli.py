@@ -1,0 +1,526 @@
+"""The `hafrm` command: train, eval, score, data, prepare-model. User errors exit 2 with one line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hafrm.config import HafConfig, field_help
+from hafrm.errors import HafError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train, evaluate and serve HaF reward models.",
+)
+console = Console(stderr=True)
+H = field_help
+
+
+# Options shared by the commands that read data (`train` has its own: its defaults come from HafConfig).
+FormatOption = Annotated[str | None, typer.Option("--format", help=H("data_format"))]
+MapOption = Annotated[list[str] | None, typer.Option("--map", help=H("data_map"))]
+OnErrorOption = Annotated[str, typer.Option(help=H("on_error"))]
+PkuLabelOption = Annotated[str, typer.Option(help=H("pku_label"))]
+PkuFilterOption = Annotated[bool, typer.Option("--pku-safety-filter", help=H("pku_safety_filter"))]
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _build_config(config: Path | None, overrides: dict[str, Any]) -> HafConfig:
+    base = HafConfig.from_yaml(config).to_dict() if config else {}
+    base.update({k: v for k, v in overrides.items() if v is not None and v != []})
+    return HafConfig.from_dict(base)
+
+
+@app.command()
+def train(
+    config: Path | None = typer.Option(None, "--config", help="YAML file of HafConfig fields."),
+    mode: str | None = typer.Option(None, help=H("mode")),
+    alpha: float | None = typer.Option(None, help=H("alpha")),
+    alpha_schedule: str | None = typer.Option(None, help=H("alpha_schedule")),
+    beta: float | None = typer.Option(None, help=H("beta")),
+    loss: str | None = typer.Option(None, help=H("loss")),
+    model: str | None = typer.Option(None, help=H("model")),
+    data: list[str] | None = typer.Option(None, help=H("data")),
+    eval_data: list[str] | None = typer.Option(None, help=H("eval_data")),
+    eval_fraction: float | None = typer.Option(None, help=H("eval_fraction")),
+    max_length: int | None = typer.Option(None, help=H("max_length")),
+    max_prompt_length: int | None = typer.Option(None, help=H("max_prompt_length")),
+    output_dir: str | None = typer.Option(None, help=H("output_dir")),
+    max_steps: int | None = typer.Option(None, help=H("max_steps")),
+    save_steps: int | None = typer.Option(None, help=H("save_steps")),
+    eval_steps: int | None = typer.Option(None, help=H("eval_steps")),
+    select_by: str | None = typer.Option(None, help=H("select_by")),
+    learning_rate: float | None = typer.Option(None, help=H("learning_rate")),
+    reward_head_learning_rate: float | None = typer.Option(None, help=H("reward_head_learning_rate")),
+    num_train_epochs: float | None = typer.Option(None, help=H("num_train_epochs")),
+    gradient_accumulation_steps: int | None = typer.Option(None, help=H("gradient_accumulation_steps")),
+    batch_size: int | None = typer.Option(None, help=H("per_device_train_batch_size")),
+    builtin_pairs: int | None = typer.Option(None, help=H("builtin_pairs")),
+    precision: str | None = typer.Option(None, help=H("precision")),
+    seed: int | None = typer.Option(None, help=H("seed")),
+    freeze_layers: int | None = typer.Option(None, help=H("freeze_layers")),
+    data_format: str | None = typer.Option(None, "--format", help=H("data_format")),
+    data_map: list[str] | None = typer.Option(None, "--map", help=H("data_map")),
+    on_error: str | None = typer.Option(None, help=H("on_error")),
+    max_pairs_per_source: int | None = typer.Option(None, help=H("max_pairs_per_source")),
+    pku_label: str | None = typer.Option(None, help=H("pku_label")),
+    pku_safety_filter: bool | None = typer.Option(None, "--pku-safety-filter", help=H("pku_safety_filter")),
+    cache_dir: str | None = typer.Option(None, help=H("cache_dir")),
+    packing: bool | None = typer.Option(None, "--packing/--no-packing", help=H("packing")),
+    group_by_length: bool | None = typer.Option(
+        None, "--group-by-length/--no-group-by-length", help=H("group_by_length")
+    ),
+    prefix_cache_mib: int | None = typer.Option(None, help=H("prefix_cache_mib")),
+    resume: bool = typer.Option(False, "--resume", help=H("resume")),
+) -> None:
+    """Train a reward model. With no arguments: HaF on the built-in task, embedded SmolLM2."""
+    overrides = {k: v for k, v in locals().items() if k != "config"}  # option name == HafConfig field
+    overrides["per_device_train_batch_size"] = overrides.pop("batch_size")
+    overrides["resume"] = resume or None
+    try:
+        cfg = _build_config(config, overrides)
+        from hafrm.training.recipe import train as run_train
+
+        result = run_train(cfg)
+    except HafError as e:
+        _fail(str(e))
+    print_eval_table(result.eval_result.metrics, title=f"held-out accuracy ({cfg.mode}, {result.eval_pairs} pairs)")
+    m = result.metrics
+    console.print(
+        f"shortcut baselines on the same split (no model): longer response wins "
+        f"{m['eval/shortcut/length_longer']:.3f}, shorter {m['eval/shortcut/length_shorter']:.3f}, "
+        f"bag of words {m['eval/shortcut/bag_of_words']:.3f}"
+    )
+    console.print(
+        f"trained on {result.train_pairs} pairs in {result.seconds:.0f} s ({result.precision}); "
+        f"model and metrics.json in {result.output_dir}"
+    )
+
+
+@app.command("eval")
+def eval_cmd(
+    model_dir: Path = typer.Argument(..., help="A folder written by `hafrm train`."),
+    data: list[str] = typer.Option(..., help="Pairs to evaluate (any --data source of `train`), or 'builtin'."),
+    out: Path | None = typer.Option(None, help="Write the metrics as JSON here."),
+    data_format: FormatOption = None,
+    data_map: MapOption = None,
+    on_error: OnErrorOption = "raise",
+    pku_label: PkuLabelOption = "safer",
+    pku_safety_filter: PkuFilterOption = False,
+    save_stats: bool = typer.Option(
+        False, "--save-stats", help="Store each head's score mean and std on this data in the model folder."
+    ),
+) -> None:
+    """Pairwise accuracy of every head of a trained model, overall, per source or skill, per subset,
+    RewardBench's sections where their subsets are present; each head's score mean and std."""
+    try:
+        from hafrm.apps.commands import evaluate_model_dir
+
+        opts = _data_options(data_format, data_map, pku_label, pku_safety_filter, on_error)
+        metrics = evaluate_model_dir(model_dir, data, opts, save_stats=save_stats)
+    except HafError as e:
+        _fail(str(e))
+    print_eval_table(metrics, title=f"accuracy of {model_dir}")
+    heads = [h for h in ("reward_head", "implicit") if f"{h}/mean" in metrics]
+    console.print(
+        "scores: "
+        + "; ".join(f"{h} mean {metrics[f'{h}/mean']:.4g}, std {metrics[f'{h}/std']:.4g}" for h in heads)
+        + (f" (stored in {model_dir})" if save_stats else ""),
+        highlight=False,
+    )
+    if out:
+        out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+
+
+@app.command()
+def score(
+    model_dir: Path = typer.Argument(..., help="A folder written by `hafrm train`."),
+    input: Path = typer.Option(..., "--input", help="JSONL of {prompt, response} or {prompt, chosen, rejected}."),
+    output: Path | None = typer.Option(None, help="Write JSONL records with scores (default: scores to stdout)."),
+    head: str | None = typer.Option(None, help="reward or implicit (default: the model's own)."),
+    batch_size: int = typer.Option(16, help="Sequences per forward."),
+    normalize: bool = typer.Option(
+        False, "--normalize", help="(score - mean) / std, with the statistics stored in the model folder."
+    ),
+    plot: Path | None = typer.Option(None, help="Write a histogram of the scores (chosen vs rejected) as PNG."),
+) -> None:
+    """Score responses: one score per line, or the records with scores added (--output)."""
+    try:
+        from hafrm.apps.commands import plot_scores, score_file
+
+        lines = score_file(model_dir, input, head, batch_size, normalize=normalize)
+        if plot:
+            plot_scores(lines, plot, title=f"{model_dir.name}: {input.name}")
+            console.print(f"wrote {plot}", highlight=False)
+    except HafError as e:
+        _fail(str(e))
+    if output:
+        output.write_text("".join(json.dumps(r) + "\n" for r in lines))
+        console.print(f"wrote {len(lines)} scored records to {output}")
+    else:
+        for r in lines:
+            print(r["score"] if "score" in r else f"{r['score_chosen']}\t{r['score_rejected']}")
+
+
+@app.command()
+def export(
+    model_dir: Path = typer.Argument(..., help="A folder written by `hafrm train`."),
+    out: Path = typer.Argument(..., help="The folder to write."),
+    to: str = typer.Option(
+        "seq-cls", "--to", help="seq-cls (AutoModelForSequenceClassification, head `score`) or causal-lm (the policy)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Export a model to the standard folders TRL, OpenRLHF, RewardBench and vLLM load, no hafrm needed."""
+    try:
+        from hafrm.apps.export import export_model
+
+        result = export_model(model_dir, to, out, overwrite=overwrite)
+    except HafError as e:
+        _fail(str(e))
+    if result.target == "seq-cls":
+        if result.pad_token_added:
+            console.print(
+                f"added the pad token {result.pad_token!r}: the original pad token can end a formatted text",
+                highlight=False,
+            )
+        if result.score_offset:
+            console.print(
+                f"the reward head has a bias of {result.score_offset:.6g}, which a `score` layer cannot hold: "
+                "hafrm's score = the export's + that (stored as hafrm_export.score_offset)",
+                highlight=False,
+            )
+        console.print(f"scores match hafrm's on probe texts to {result.max_abs_diff:.1e}", highlight=False)
+    console.print(f"wrote {result.target} model to {result.out}", highlight=False)
+
+
+@app.command()
+def serve(
+    model_dir: Path = typer.Argument(..., help="A folder written by `hafrm train`."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(5000, help="Port to listen on."),
+    api_key: str | None = typer.Option(
+        None, envvar="HAFRM_API_KEY", help="Require `Authorization: Bearer KEY` (or set HAFRM_API_KEY)."
+    ),
+    head: str | None = typer.Option(None, help="reward or implicit (default: the model's own)."),
+    normalize: bool = typer.Option(False, "--normalize", help="Serve (score - mean) / std (the folder's stats)."),
+    max_texts: int = typer.Option(256, help="Texts per request, at most (413 beyond)."),
+    max_chars: int = typer.Option(32768, help="Characters per text, at most (413 beyond)."),
+    max_batch_tokens: int | None = typer.Option(
+        None, help="Tokens per forward, shared by requests arriving together (default 1024 on CPU, 16384 on GPU)."
+    ),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:N, or auto (cuda if there is one)."),
+    precision: str = typer.Option("fp32", help="fp32 (the numbers of `hafrm score`), bf16 (faster), or auto."),
+    max_wait_ms: float = typer.Option(5.0, help="How long a request waits for others to batch with."),
+    max_queue: int = typer.Option(4096, help="Texts waiting, at most (503 beyond)."),
+    timeout: float = typer.Option(120.0, help="Seconds per request, queue included (504 beyond)."),
+    batching: bool = typer.Option(True, "--batching/--no-batching", help="Off: one request per forward."),
+) -> None:
+    """Serve a reward model over HTTP: OpenRLHF's /get_reward, /score, /health, OpenAPI at /docs."""
+    try:
+        import uvicorn
+
+        from hafrm.apps.server import ServerSettings, create_app
+        from hafrm.evaluation.scoring import RewardModel
+
+        limits = [max_texts, max_chars, max_queue] + ([max_batch_tokens] if max_batch_tokens is not None else [])
+        if min(limits) < 1 or timeout <= 0 or max_wait_ms < 0:
+            raise HafError("the --max-* limits must be >= 1, --timeout > 0 and --max-wait-ms >= 0")
+        if max_texts > max_queue:
+            raise HafError(f"--max-texts {max_texts} > --max-queue {max_queue}: a full request could never be queued")
+        settings = ServerSettings(
+            head=head, normalize=normalize, api_key=api_key or None, max_texts=max_texts, max_chars=max_chars,
+            max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue_texts=max_queue,
+            timeout_s=timeout, batching=batching, precision=precision,
+        )  # fmt: skip
+        import torch
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            torch.zeros(1, device=device)
+        except (RuntimeError, AssertionError) as e:
+            raise HafError(f"--device {device}: {str(e).splitlines()[0] if str(e) else 'not usable here'}") from None
+        rm = RewardModel.from_pretrained(model_dir).to(device)
+        server_app = create_app(rm, settings)
+    except HafError as e:
+        _fail(str(e))
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        console.print(f"[yellow]warning:[/] listening on {host} with no --api-key: anyone who reaches it can use it")
+    service = server_app.state.service
+    console.print(f"serving {model_dir} ({service.head} head, {service.precision}, {service.device}) on "
+                  f"http://{host}:{port}; OpenRLHF: --reward.remote_url http://{host}:{port}/get_reward",
+                  highlight=False)  # fmt: skip
+    uvicorn.run(server_app, host=host, port=port, log_level="warning")
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Look at preference data and convert it.")
+app.add_typer(data_app, name="data")
+
+
+def _data_options(data_format, data_map, pku_label, pku_safety_filter, on_error="raise"):
+    from hafrm.data.formats import PKU_LABELS, DataOptions, parse_mapping
+
+    if pku_label not in PKU_LABELS:
+        raise HafError(f"unknown pku_label {pku_label!r}; accepted: {', '.join(PKU_LABELS)}")
+    return DataOptions(
+        format=data_format,
+        mapping=parse_mapping(data_map or []),
+        on_error=on_error,
+        pku_label=pku_label,
+        pku_safety_filter=pku_safety_filter,
+    )
+
+
+@data_app.command("inspect")
+def data_inspect(
+    paths: list[str] = typer.Argument(..., help="Files (.jsonl/.json/.parquet/.csv[.gz]) or Hub dataset ids."),
+    data_format: FormatOption = None,
+    data_map: MapOption = None,
+    pku_label: PkuLabelOption = "safer",
+    pku_safety_filter: PkuFilterOption = False,
+    model: str | None = typer.Option("smollm2", help="Tokenizer for the token-length figures ('' to skip)."),
+    max_length: int = typer.Option(512, help=H("max_length")),
+    max_prompt_length: int = typer.Option(256, help=H("max_prompt_length")),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as JSON here."),
+) -> None:
+    """Detected format, pairs kept, ties and drops with reasons, prompts, duplicates, token lengths."""
+    try:
+        from hafrm.data.inspect import inspect_source
+
+        opts = _data_options(data_format, data_map, pku_label, pku_safety_filter)
+        tokenizer = None
+        if model:
+            from transformers import AutoTokenizer
+
+            from hafrm.modeling.backbone import resolve_model
+
+            tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+        infos = [inspect_source(p, opts, tokenizer, max_length, max_prompt_length) for p in paths]
+    except HafError as e:
+        _fail(str(e))
+    for info in infos:
+        print_inspect(info)
+    if json_out:
+        json_out.write_text(json.dumps(infos, indent=2) + "\n")
+
+
+@data_app.command("convert")
+def data_convert(
+    path: str = typer.Argument(..., help="A file or Hub dataset id in any format `data inspect` reads."),
+    out: Path = typer.Option(..., "--out", help="Normalised JSONL (prompt as messages, chosen, rejected)."),
+    data_format: FormatOption = None,
+    data_map: MapOption = None,
+    on_error: OnErrorOption = "raise",
+    pku_label: PkuLabelOption = "safer",
+    pku_safety_filter: PkuFilterOption = False,
+) -> None:
+    """Write a source's pairs in hafrm's normalised JSONL, which `--data` reads back unchanged."""
+    try:
+        from hafrm.data.inspect import convert_source
+        from hafrm.data.io import summary_line
+
+        report = convert_source(path, _data_options(data_format, data_map, pku_label, pku_safety_filter, on_error), out)
+    except HafError as e:
+        _fail(str(e))
+    console.print(summary_line(report), highlight=False)
+    console.print(f"wrote {report.kept} pairs to {out}", highlight=False)
+
+
+def print_inspect(info: dict[str, Any]) -> None:
+    """One source's figures as a two-column table, to stdout."""
+    table = Table(title=f"{info['path']}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    table.add_row("format", info["format"])
+    table.add_row("records read", str(info["records"]))
+    table.add_row("pairs (before bad-record skips)", str(info["pairs"]))
+    table.add_row("pairs kept", f"[bold]{info['kept']}[/]")
+    for reason, n in sorted(info["dropped"].items()):
+        table.add_row("dropped", f"{n}  {reason}")
+    for kind, n in sorted(info["skipped"].items()):
+        table.add_row("bad records", f"{n}  {kind}  (first: {info['first_error'][kind]})")
+    for note, n in sorted(info["notes"].items()):
+        table.add_row("note", f"{n}  {note}")
+    table.add_row("distinct prompts", str(info["prompts"]))
+    table.add_row("multi-turn prompts", str(info["multi_turn_prompts"]))
+    table.add_row("duplicate pairs", str(info["duplicate_pairs"]))
+    if info["subsets"]:
+        largest = sorted(info["subsets"].items(), key=lambda kv: (-kv[1], kv[0]))
+        shown = ", ".join(f"{k} {v}" for k, v in largest[:6]) + (" …" if len(largest) > 6 else "")
+        table.add_row("subsets", f"{len(largest)}: {shown}")
+    for name, pct in info.get("tokens", {}).items():
+        table.add_row(f"tokens: {name}", "  ".join(f"{k} {v}" for k, v in pct.items()))
+    if "tokenisation" in info:
+        t = info["tokenisation"]
+        cut = ", ".join(f"{n} {what}" for what, n in sorted(t["truncated"].items())) or "none"
+        drop = ", ".join(f"{n} {why}" for why, n in sorted(t["dropped"].items())) or "none"
+        table.add_row(f"at max_length {t['max_length']}", f"{t['kept']} kept; truncated: {cut}; dropped: {drop}")
+    Console().print(table)
+
+
+@app.command()
+def bench(
+    out: Path = typer.Option(Path("bench.json"), help="Where the JSON report goes."),
+    model: str = typer.Option("smollm2", help="Model for every contender."),
+    data: str | None = typer.Option(
+        None, help="Pairs (any --data source); default: ../shared HH helpful, else builtin."
+    ),
+    pairs: int = typer.Option(64, help="Pairs read (the first that fit --max-length)."),
+    batch_size: int = typer.Option(8, help="Pairs per optimizer step, for every contender."),
+    steps: int = typer.Option(4, help="Timed optimizer steps per training contender (after one warm-up)."),
+    max_length: int = typer.Option(512, help="Pairs longer than this are left out (no contender truncates)."),
+    packing: bool = typer.Option(True, "--packing/--no-packing", help="hafrm contenders pack their batches."),
+    contender: list[str] | None = typer.Option(None, help="Run only these (repeatable); default: all."),
+) -> None:
+    """Throughput and memory of hafrm against TRL's RewardTrainer and DPOTrainer, and scoring."""
+    from hafrm.apps.bench import CONTENDERS, BenchSpec, run_bench
+
+    unknown = sorted(set(contender or []) - set(CONTENDERS))
+    if unknown:
+        _fail(f"unknown contender(s) {unknown}; accepted: {', '.join(CONTENDERS)}")
+    spec = BenchSpec(model, data, pairs, batch_size, steps, max_length, packing=packing)
+    if contender:
+        spec.contenders = list(contender)
+    try:
+        report = run_bench(spec, log=lambda m: console.print(m, highlight=False))
+    except HafError as e:
+        _fail(str(e))
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    for key, value in report.items():
+        if key.startswith(("ratio/", "fraction_")):
+            console.print(f"{key}: {'n/a' if value is None else f'{value:.3f}'}", highlight=False)
+    console.print(f"wrote {out} ({report['seconds']:.0f} s)", highlight=False)
+
+
+@app.command()
+def experiment(
+    config: Path = typer.Option(..., "--config", help="Experiment YAML (see experiments/quick.yaml)."),
+    output_dir: Path = typer.Option(..., help="Where cells, results.json and report.html go; a rerun continues."),
+    report_only: bool = typer.Option(False, "--report-only", help="Only rewrite results and report from the cells."),
+) -> None:
+    """Methods x datasets x seeds under one budget: accuracy in and out of distribution, mixed data,
+    checkpoint selection, calibration, the alpha sweep; writes results.json and report.html."""
+    from hafrm.experiments import load_experiment, run_and_report, write_results
+
+    try:
+        spec = load_experiment(config)
+        if report_only:
+            write_results(spec, output_dir)
+            console.print(f"wrote {output_dir / 'report.html'}", highlight=False)
+            return
+        run, _ = run_and_report(spec, output_dir, log_line=lambda m: console.print(m, highlight=False))
+    except HafError as e:
+        _fail(str(e))
+    console.print(
+        f"{len(run.done)} cells run, {len(run.reused)} reused, {len(run.failed)} failed; "
+        f"wrote {output_dir / 'results.json'} and {output_dir / 'report.html'}",
+        highlight=False,
+    )
+    if run.failed:
+        for cell, why in run.failed.items():
+            console.print(f"  {cell}: {why}", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def bon(
+    model_dir: list[str] = typer.Argument(..., help="Reward model folders to compare; NAME=DIR names one."),
+    output_dir: Path = typer.Option(..., help="Where candidates.jsonl (reused by a rerun) and bon.json go."),
+    prompts: str = typer.Option("builtin", help="'builtin[:SKILL,...]' (gold verifiers) or any --data source."),
+    num_prompts: int = typer.Option(32, help="Held-out prompts (the eval side of the training split)."),
+    n: int = typer.Option(8, help="Candidates sampled per prompt."),
+    policy: str = typer.Option("smollm2", help="Policy model that samples the candidates."),
+    temperatures: str = typer.Option("0.5,0.8,1.1,1.4", help="Sampling temperatures, spread over the N."),
+    max_new_tokens: int = typer.Option(48, help="Tokens per candidate."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    split_seed: int = typer.Option(42, help="The models' training --seed: prompts come from its held-out side."),
+    eval_fraction: float = typer.Option(0.2, help="The models' training --eval-fraction (held-out share)."),
+    judge: Path | None = typer.Option(None, help="A judge reward model folder (top-k recall, win rates)."),
+    judge_url: str | None = typer.Option(None, help="OpenAI-compatible base URL (…/v1) of a pairwise chat judge."),
+    judge_model: str = typer.Option("gpt-4o-mini", help="Model name sent to --judge-url."),
+) -> None:
+    """Best-of-N: each reward model picks one of N sampled responses per prompt; the picks are judged."""
+    import os
+
+    from hafrm.evaluation.bon import BonSpec, ChatJudge, run_bon
+
+    try:
+        dirs = {}
+        for item in model_dir:
+            name, _, path = item.rpartition("=") if "=" in item else (Path(item).name, "", item)
+            if not Path(path).is_dir():
+                raise HafError(f"model folder {path} does not exist")
+            dirs[name] = Path(path)
+        temps = [float(t) for t in temperatures.split(",") if t.strip()]
+        if n < 1 or num_prompts < 1 or not temps or min(temps) <= 0:
+            raise HafError("n and num_prompts must be >= 1 and temperatures positive")
+        spec = BonSpec(prompts, num_prompts, n, policy, temps, max_new_tokens, seed, eval_fraction, split_seed)
+        chat = ChatJudge(judge_url, judge_model, os.environ.get("HAFRM_JUDGE_API_KEY")) if judge_url else None
+        report = run_bon(spec, dirs, output_dir, judge, chat, log_line=lambda m: console.print(m, highlight=False))
+    except (HafError, ValueError) as e:
+        _fail(str(e))
+    table = Table(title=f"Best-of-{n} on {report['prompts']} prompts")
+    columns = sorted({k for m in report["methods"].values() for k in m if k != "top_k_recall"})
+    recalls = sorted({k for m in report["methods"].values() for k in m.get("top_k_recall", {})}, key=int)
+    for col in ["method", *columns, *[f"top-{k} recall" for k in recalls]]:
+        table.add_column(col)
+    for name, m in report["methods"].items():
+        table.add_row(name, *[f"{m[c]:.3f}" for c in columns], *[f"{m['top_k_recall'][k]:.3f}" for k in recalls])
+    Console().print(table)
+    if "gold" in report:
+        g = report["gold"]
+        console.print(f"candidates correct {g['candidates_correct']:.3f}; oracle (any correct) {g['oracle']:.3f}")
+    console.print(f"wrote {output_dir / 'bon.json'}", highlight=False)
+
+
+@app.command("prepare-model")
+def prepare_model(cache_dir: str | None = typer.Option(None, help=H("cache_dir"))) -> None:
+    """Convert the embedded SmolLM2 (GGUF on PyPI) into a cached safetensors folder."""
+    try:
+        from hafrm.modeling.backbone import prepare_embedded
+
+        console.print(f"embedded model ready at {prepare_embedded(cache_dir)}")
+    except HafError as e:
+        _fail(str(e))
+
+
+def print_eval_table(metrics: dict[str, float], title: str) -> None:
+    """Accuracy per head (columns) overall, per tag and then per subset (rows), to stdout."""
+    heads = [h for h in ("reward_head", "implicit") if f"{h}/accuracy" in metrics]
+    table = Table(title=title, caption="pairwise accuracy; ties count 0.5")
+    table.add_column("subset")
+    for h in heads:
+        table.add_column(h, justify="right")
+    for kind in ("tag", "subset", "rewardbench"):
+        names = sorted({k.split("/")[1] for k in metrics if k.startswith(f"{kind}/")})
+        for name in names:
+            cells = [f"{metrics.get(f'{kind}/{name}/{h}/accuracy', float('nan')):.3f}" for h in heads]
+            label = {"tag": name, "subset": f"  {name}", "rewardbench": f"RewardBench {name}"}[kind]
+            table.add_row(label, *cells)
+        if names:
+            table.add_section()
+    table.add_row("[bold]all[/]", *[f"[bold]{metrics[f'{h}/accuracy']:.3f}[/]" for h in heads])
+    Console().print(table)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    app()
+
+
+if __name__ == "__main__":
+    main()

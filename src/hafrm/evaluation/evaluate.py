@@ -1,0 +1,116 @@
+"""Evaluation: pairwise accuracy of every head, overall and per tag (skill / subset / source)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from hafrm.config import HafConfig
+from hafrm.data.tokenize import PairCollator, TokenizedPair
+from hafrm.modeling.hybrid import HybridRewardModel
+from hafrm.objectives.haf import HybridObjective, accuracy, mean_metrics
+
+HEADS = {"reward": "reward_head", "implicit": "implicit"}
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]  # flat, e.g. "reward_head/accuracy", "accuracy", "tag/arithmetic/..."
+    reward_chosen: torch.Tensor  # (N,)
+    reward_rejected: torch.Tensor
+    implicit_chosen: torch.Tensor | None = None
+    implicit_rejected: torch.Tensor | None = None
+    tags: list[str] = field(default_factory=list)
+    subsets: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)  # each pair's split-group hash
+
+
+@torch.no_grad()
+def evaluate_pairs(
+    model: HybridRewardModel,
+    cfg: HafConfig,
+    pairs: Sequence[TokenizedPair],
+    features: list[dict[str, Any]],
+    pad_token_id: int,
+) -> EvalResult:
+    """Score every pair with both heads (the implicit one when reference log-probs exist)."""
+    objective = HybridObjective(cfg)
+    was_training = model.training
+    model.eval()
+    n = len(features)
+    order = sorted(range(n), key=lambda i: len(features[i]["chosen_ids"]) + len(features[i]["rejected_ids"]))
+    collate = PairCollator(pad_token_id, pack_length=cfg.pack_length if cfg.packing else None)
+    rw, rl, iw, il = (torch.zeros(n) for _ in range(4))
+    rows, weights, have_implicit = [], [], True
+    for start in range(0, n, cfg.per_device_eval_batch_size):
+        idx = order[start : start + cfg.per_device_eval_batch_size]
+        batch = collate([features[i] for i in idx])
+        with_policy = objective.policy_ready(batch)
+        step = objective(model, batch, with_policy=with_policy)
+        rows.append(step.metrics)
+        weights.append(len(idx))
+        s = step.scores
+        rw[idx], rl[idx] = s.reward_chosen.float().cpu(), s.reward_rejected.float().cpu()
+        if s.implicit_chosen is None:
+            have_implicit = False
+        else:
+            iw[idx], il[idx] = s.implicit_chosen.float().cpu(), s.implicit_rejected.float().cpu()
+    model.train(was_training)
+    metrics = mean_metrics(rows, weights)
+    tags, subsets = [p.tag for p in pairs], [p.subset for p in pairs]
+    result = EvalResult(
+        metrics,
+        rw,
+        rl,
+        iw if have_implicit else None,
+        il if have_implicit else None,
+        tags,
+        subsets,
+        [p.group for p in pairs],
+    )
+    _add_summary(result, cfg)
+    return result
+
+
+def score_stats(result: EvalResult, data: str) -> dict[str, dict[str, Any]]:
+    """Per head, the mean and std of its scores over both responses of every pair: the reward
+    normalisation statistics (OpenRLHF's `mean` / `std`: sample std, floored at 1e-8)."""
+    heads = {"reward": (result.reward_chosen, result.reward_rejected)}
+    if result.implicit_chosen is not None:
+        heads["implicit"] = (result.implicit_chosen, result.implicit_rejected)
+    out = {}
+    for head, (c, r) in heads.items():
+        values = torch.cat([c, r]).double()
+        std = values.std().item() if values.numel() > 1 else 0.0
+        out[head] = {"mean": values.mean().item(), "std": max(std, 1e-8), "n": values.numel(), "data": data}
+    return out
+
+
+def _add_summary(result: EvalResult, cfg: HafConfig) -> None:
+    """Accuracy of each head overall, per tag (`tag/...`) and per subset (`subset/...`), and the
+    mode's inference head as plain keys."""
+    heads = {"reward_head": (result.reward_chosen, result.reward_rejected)}
+    if result.implicit_chosen is not None:
+        heads["implicit"] = (result.implicit_chosen, result.implicit_rejected)
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, (t, sub) in enumerate(zip(result.tags, result.subsets or [""] * len(result.tags), strict=True)):
+        groups[("tag", t)].append(i)
+        if sub:
+            groups[("subset", sub)].append(i)
+    m = result.metrics
+    for head, (c, r) in heads.items():
+        acc = accuracy(c, r)
+        m[f"{head}/accuracy"] = acc.mean().item()
+        for (kind, name), idx in sorted(groups.items()):
+            m[f"{kind}/{name}/{head}/accuracy"] = acc[idx].mean().item()
+    head = HEADS[cfg.mode_spec.inference_head]
+    if head in heads:
+        c, r = heads[head]
+        m["accuracy"] = m[f"{head}/accuracy"]
+        m["margin"] = (c - r).mean().item()
+        m["reward"] = c.mean().item()
+    m["pairs"] = float(len(result.tags))

@@ -1,0 +1,186 @@
+"""Load a saved hafrm model folder and score (prompt, response) pairs with its inference head."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hafrm.data.tokenize import PairTokenizer, pad_rows
+from hafrm.errors import HafError
+from hafrm.modeling.hybrid import HAFRM_CONFIG_FILE, REWARD_HEAD_FILE, HybridRewardModel
+from hafrm.objectives.losses import POLICY_LOSSES
+
+Prompt = str | list[dict[str, str]]
+HEAD_NAMES = ("reward", "implicit")
+STATS_KEY = "reward_stats"  # in hafrm_config.json: head -> {"mean", "std", "n", "data"}
+MIN_STD = 1e-6  # a head whose scores spread less than this (an untrained one) cannot be normalised
+
+
+class Encoded(NamedTuple):
+    ids: list[int]  # prompt + response tokens, formatted as training formats them
+    start: int  # where the response starts
+
+
+def _messages(prompt: Prompt) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+class RewardModel:
+    """A trained reward model ready to score. Use `hafrm.load(path)`.
+
+    `head="reward"` scores with the reward head; `head="implicit"` with beta*(logp - ref), which
+    loads the reference (the base model recorded at training time) on first use. The default is
+    the head the model was trained to be scored by (the reward head, or implicit for DPO).
+    """
+
+    def __init__(self, model: HybridRewardModel, tokenizer: Any, meta: dict[str, Any], path: Path):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.meta = meta
+        self.path = path
+        self.encoder = PairTokenizer(
+            tokenizer, meta.get("max_length", 10**9), meta.get("max_prompt_length", 10**9), meta.get("system_prompt")
+        )
+        self._reference: HybridRewardModel | None = None
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> RewardModel:
+        path = Path(path)
+        for name in ("config.json", REWARD_HEAD_FILE, HAFRM_CONFIG_FILE):
+            if not (path / name).is_file():
+                raise HafError(f"{path} is not a hafrm model folder: {name} is missing")
+        meta = json.loads((path / HAFRM_CONFIG_FILE).read_text())
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        backbone = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = HybridRewardModel(backbone)
+        model.load_weights(path)
+        return cls(model, tokenizer, meta, path)
+
+    @property
+    def default_head(self) -> str:
+        return self.meta.get("inference_head", "reward")
+
+    def stats(self, head: str | None = None) -> dict[str, float]:
+        """The mean and std of `head`'s scores stored with the model (`hafrm train`, `hafrm eval --save-stats`)."""
+        head = head or self.default_head
+        stats = self.meta.get(STATS_KEY, {}).get(head)
+        if not stats:
+            raise HafError(
+                f"{self.path}: no reward statistics for the {head} head are stored; "
+                f"run `hafrm eval {self.path} --data ... --save-stats` to compute them"
+            )
+        if stats["std"] < MIN_STD:
+            raise HafError(f"{self.path}: the {head} head's scores have std {stats['std']:.3g} (constant): "
+                           "they cannot be normalised")  # fmt: skip
+        return stats
+
+    def to(self, device: str | torch.device) -> RewardModel:
+        """Move the model (and its reference, once loaded) to `device`; scoring follows it."""
+        self.model.to(device)
+        if self._reference is not None:
+            self._reference.to(device)
+        return self
+
+    def prepare(self, head: str | None = None) -> str:
+        """Check `head` (default: the model's own) and load what it needs now, not at the first score."""
+        head = head or self.default_head
+        if head not in HEAD_NAMES:
+            raise HafError(f"unknown head {head!r}; accepted: {', '.join(HEAD_NAMES)}")
+        if head == "implicit" and POLICY_LOSSES[self.meta.get("loss", "sigmoid")].needs_reference:
+            self._reference_model()
+        return head
+
+    def _reference_model(self) -> HybridRewardModel:
+        if self._reference is None:
+            base = self.meta.get("base_model")
+            if not base or not Path(base).exists():
+                raise HafError(f"implicit scores need the reference model, recorded as {base!r}, which is missing")
+            reference = HybridRewardModel(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32))
+            self._reference = reference.to(self.model.device).eval()
+        return self._reference
+
+    def encode(self, prompt: Prompt, response: str) -> Encoded:
+        """Token ids of the formatted (prompt, response), as training formats them, and where the response starts."""
+        return Encoded(*self.encoder.encode(_messages(prompt), response))
+
+    def score_batch(
+        self,
+        prompts: Sequence[Prompt],
+        responses: Sequence[str],
+        head: str | None = None,
+        batch_size: int = 16,
+        normalize: bool = False,
+    ) -> list[float]:
+        """One score per (prompt, response); batches are formed by length to save padding."""
+        if len(prompts) != len(responses):
+            raise HafError(f"{len(prompts)} prompts but {len(responses)} responses")
+        encoded = [self.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
+        ids, starts = [e.ids for e in encoded], [e.start for e in encoded]
+        return self.score_ids(ids, starts, head, batch_size, normalize=normalize)
+
+    @torch.no_grad()
+    def score_ids(
+        self,
+        seqs: Sequence[list[int]],
+        starts: Sequence[int],
+        head: str | None = None,
+        batch_size: int = 16,
+        max_batch_tokens: int | None = None,
+        normalize: bool = False,
+    ) -> list[float]:
+        """One score per token sequence (`starts`: where each response begins; the implicit head
+        sums log-probs from there). Sequences are sorted by length and cut into batches of at most
+        `batch_size` rows and, if given, `max_batch_tokens` padded tokens."""
+        head = self.prepare(head)
+        shift, scale = 0.0, 1.0
+        if normalize:
+            stats = self.stats(head)
+            shift, scale = stats["mean"], stats["std"]
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        scores = [0.0] * len(seqs)
+        for idx in _length_batches(order, [len(s) for s in seqs], batch_size, max_batch_tokens):
+            batch = pad_rows([seqs[i] for i in idx], [starts[i] for i in idx], self.tokenizer.pad_token_id)
+            values = self._score({k: v.to(self.model.device) for k, v in batch.items()}, head)
+            for i, v in zip(idx, values.tolist(), strict=True):
+                scores[i] = (v - shift) / scale
+        return scores
+
+    def _score(self, batch: dict[str, torch.Tensor], head: str) -> torch.Tensor:
+        if head == "reward":
+            return self.model(batch["input_ids"], batch["attention_mask"]).rewards
+        out = self.model(**batch)
+        spec = POLICY_LOSSES[self.meta.get("loss", "sigmoid")]
+        ref = self._reference_model()(**batch).logps if spec.needs_reference else None
+        return spec.implicit(out.logps, ref, out.response_lengths, self.meta.get("beta", 0.1))
+
+    def score(self, prompt: Prompt, response: str, head: str | None = None) -> float:
+        return self.score_batch([prompt], [response], head=head)[0]
+
+
+def _length_batches(
+    order: Sequence[int], lengths: Sequence[int], batch_size: int, max_tokens: int | None
+) -> list[list[int]]:
+    """Cut `order` (ascending length) into batches of <= batch_size rows and <= max_tokens padded tokens."""
+    batches: list[list[int]] = []
+    for i in order:
+        current = batches[-1] if batches else None
+        fits = current is not None and len(current) < batch_size
+        if fits and max_tokens is not None:
+            fits = (len(current) + 1) * lengths[i] <= max_tokens  # ascending: i is the batch's longest
+        if fits:
+            current.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def load(path: str | Path) -> RewardModel:
+    """Load a model folder written by `hafrm train` (or `HybridRewardModel.save_pretrained`)."""
+    return RewardModel.from_pretrained(path)

@@ -1,0 +1,242 @@
+"""HybridRewardModel: a causal LM backbone with its LM (policy) head and a scalar reward head.
+
+Shapes: `2B` stacked sequences (chosen rows first, then rejected), `T` tokens, `H` hidden,
+`V` vocabulary. One forward returns, per sequence, the reward at its last real token and the
+summed log-prob of its response tokens, without materialising `(2B, T, V)` logits.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+from transformers import PreTrainedModel
+
+from hafrm.modeling.prefix import PrefixCache, cached_forward
+
+REWARD_HEAD_FILE = "reward_head.safetensors"
+HAFRM_CONFIG_FILE = "hafrm_config.json"
+
+
+@dataclass
+class HybridOutput:
+    rewards: Tensor  # (2B,) fp32, reward head at each sequence's last real token (chosen first)
+    logps: Tensor | None  # (2B,) fp32, summed response-token log-probs (None if not asked)
+    response_lengths: Tensor | None  # (2B,) response tokens counted in `logps`
+
+
+def last_token_index(attention_mask: Tensor) -> Tensor:
+    """Index of the last real token per row, for left or right padding: (N, T) -> (N,)."""
+    T = attention_mask.shape[1]
+    return T - 1 - attention_mask.flip(-1).to(torch.long).argmax(-1)
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions counted over real tokens only, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+MODEL_KEYS = ("input_ids", "attention_mask", "response_mask", "position_ids", "seq_ends", "segment_ids")
+
+
+def model_inputs(batch: dict[str, Tensor], with_logps: bool = True) -> dict[str, Tensor]:
+    """The keys of a collated batch (padded or packed) that `HybridRewardModel.forward` takes."""
+    keys = MODEL_KEYS if with_logps else tuple(k for k in MODEL_KEYS if k != "response_mask")
+    return {k: batch[k] for k in keys if k in batch}
+
+
+def _token_logps(hidden: Tensor, weight: Tensor, targets: Tensor, softcap: float | None) -> Tensor:
+    logits = F.linear(hidden, weight).float()  # (n, V) for one chunk only
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+def response_logps(
+    hidden: Tensor,
+    lm_head_weight: Tensor,
+    input_ids: Tensor,
+    response_mask: Tensor,
+    chunk_size: int = 512,
+    softcap: float | None = None,
+    segment_ids: Tensor | None = None,
+    n_sequences: int | None = None,
+    keep_logits_bytes: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Summed log-probs of the tokens where `response_mask` is 1, and their counts, per sequence.
+
+    Only positions that predict a response token are projected through the LM head, in chunks
+    of `chunk_size`. With gradients on, the chunks' logits are kept for backward while they fit
+    in `keep_logits_bytes`; beyond that every chunk is recomputed in backward (checkpointed), so
+    at most one `(chunk_size, V)` block of logits is alive at a time. A padded batch has one
+    sequence per row; a packed one gives each token's sequence in `segment_ids` (same shape as
+    `input_ids`). The first token of a sequence is never a response token, so no sequence is
+    ever scored from its packed neighbour's last position.
+    """
+    target_mask = response_mask[:, 1:].bool()  # token t+1 is predicted at position t
+    rows, cols = target_mask.nonzero(as_tuple=True)  # (N,) each
+    targets = input_ids[rows, cols + 1]
+    seq = rows if segment_ids is None else segment_ids[rows, cols + 1]
+    n_rows = input_ids.shape[0] if segment_ids is None else int(n_sequences)
+    states = hidden[rows, cols]  # (N, H)
+    pieces = []
+    recompute = states.shape[0] * lm_head_weight.shape[0] * 4 > keep_logits_bytes  # fp32 logits
+    for start in range(0, states.shape[0], chunk_size):
+        args = (states[start : start + chunk_size], lm_head_weight, targets[start : start + chunk_size])
+        if torch.is_grad_enabled() and recompute:
+            pieces.append(checkpoint(_token_logps, *args, softcap, use_reentrant=False))
+        else:
+            pieces.append(_token_logps(*args, softcap))
+    token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+    sums = torch.zeros(n_rows, dtype=torch.float32, device=hidden.device).index_add(0, seq, token_logps)
+    lengths = torch.zeros(n_rows, dtype=torch.long, device=hidden.device).index_add(0, seq, torch.ones_like(seq))
+    return sums, lengths
+
+
+class HybridRewardModel(nn.Module):
+    """A causal LM with a zero-initialised fp32 reward head on its last hidden states.
+
+    The head has no bias, like the `score` layer of transformers' `*ForSequenceClassification`
+    models, so an export scores exactly as hafrm does (the BT and policy losses cannot move a bias
+    anyway: it cancels in r_w - r_l). Folders saved with a biased head still load with it.
+    """
+
+    def __init__(self, backbone: PreTrainedModel, reward_head: nn.Linear | None = None):
+        super().__init__()
+        self.backbone = backbone
+        hidden = backbone.config.get_text_config().hidden_size
+        if reward_head is None:
+            reward_head = nn.Linear(hidden, 1, bias=False, dtype=torch.float32)
+            nn.init.zeros_(reward_head.weight)
+        self.reward_head = reward_head.float()
+        self.logprob_chunk_size = 512
+        self.keep_logits_bytes = 512 * 2**20  # response logits kept for backward up to this; beyond, recomputed
+        self.prefix_cache: PrefixCache | None = None  # the frozen layers' output per sequence (hafrm.modeling.prefix)
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.reward_head.weight.device
+
+    def decoder(self) -> nn.Module:
+        return self.backbone.get_decoder()
+
+    def forward(
+        self,
+        input_ids: Tensor,  # (2B, T) padded, or (R, L) packed rows
+        attention_mask: Tensor | None = None,  # (2B, T); None for packed rows
+        response_mask: Tensor | None = None,  # 1 on response tokens; None = no logps
+        position_ids: Tensor | None = None,  # packed: restarting at 0 for every sequence
+        seq_ends: Tensor | None = None,  # packed: (2B, 2) row and column of each sequence's last token
+        segment_ids: Tensor | None = None,  # packed: (R, L) the sequence of each token
+    ) -> HybridOutput:
+        """Rewards and response log-probs of 2B sequences, padded or packed (see `pack_rows`).
+
+        Packed rows hold several sequences back to back with no padding; with `attention_mask`
+        None the backbone builds a block-causal mask from the restarting `position_ids`, so each
+        sequence attends only to itself (transformers' packed-sequence path).
+        """
+        packed = attention_mask is None
+        if packed and (position_ids is None or seq_ends is None or segment_ids is None):
+            raise ValueError("packed rows need position_ids, seq_ends and segment_ids")
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask)
+        if self.prefix_cache is not None:  # the bottom layers' output read from the cache
+            hidden = cached_forward(
+                self.decoder(), self.prefix_cache, input_ids, attention_mask, position_ids, seq_ends, segment_ids
+            )
+        else:
+            hidden = self.decoder()(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+            ).last_hidden_state  # (2B, T, H) or (R, L, H)
+        if packed:
+            last = hidden[seq_ends[:, 0], seq_ends[:, 1]]
+        else:
+            last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            rewards = self.reward_head(last.float()).squeeze(-1)  # (2B,)
+        logps = lengths = None
+        if response_mask is not None:
+            text_config = self.backbone.config.get_text_config()
+            logps, lengths = response_logps(
+                hidden,
+                self.backbone.get_output_embeddings().weight,
+                input_ids,
+                response_mask,
+                chunk_size=self.logprob_chunk_size,
+                softcap=getattr(text_config, "final_logit_softcapping", None),
+                segment_ids=segment_ids if packed else None,
+                n_sequences=last.shape[0],
+                keep_logits_bytes=self.keep_logits_bytes,
+            )
+        return HybridOutput(rewards=rewards, logps=logps, response_lengths=lengths)
+
+    def freeze_bottom(self, n_layers: int) -> int:
+        """Freeze the input embeddings and the first `n_layers` decoder layers (negative: all but
+        the last `-n_layers`, none if the decoder has no more than that); returns how many.
+
+        Backward then stops at that layer: less compute and optimizer state. With tied
+        embeddings the LM head's weight is frozen too; the policy head still learns through the
+        layers above. The reward head always trains.
+        """
+        if n_layers == 0:
+            return 0
+        layers = getattr(self.decoder(), "layers", None)
+        if layers is None:
+            raise ValueError(f"cannot freeze layers ({n_layers}): the decoder has no .layers (0 trains everything)")
+        if n_layers > len(layers):
+            raise ValueError(f"cannot freeze {n_layers} layers: the decoder has {len(layers)} layers")
+        n_layers = n_layers if n_layers > 0 else max(0, len(layers) + n_layers)
+        if n_layers == 0:
+            return 0
+        self.backbone.get_input_embeddings().weight.requires_grad_(False)
+        for layer in layers[:n_layers]:
+            layer.requires_grad_(False)
+        return n_layers
+
+    # persistence -----------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, hafrm_config: dict[str, Any] | None = None) -> None:
+        """Write a folder that `AutoModelForCausalLM` can also load (the policy head)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backbone.save_pretrained(directory)
+        head = {k: v.detach().contiguous().cpu() for k, v in self.reward_head.state_dict().items()}
+        save_file(head, str(directory / REWARD_HEAD_FILE))
+        if hafrm_config is not None:
+            (directory / HAFRM_CONFIG_FILE).write_text(json.dumps(hafrm_config, indent=2) + "\n")
+
+    def load_weights(self, directory: str | Path) -> None:
+        """Load backbone and reward-head weights saved by `save_pretrained`, in place."""
+        from transformers.modeling_utils import load_state_dict
+
+        directory = Path(directory)
+        files = sorted(directory.glob("model*.safetensors"))
+        state: dict[str, Tensor] = {}
+        for f in files:
+            state.update(load_state_dict(str(f)))
+        missing, unexpected = self.backbone.load_state_dict(state, strict=False)  # tied weights are absent
+        tied = set(getattr(self.backbone, "all_tied_weights_keys", {}) or {})
+        missing = [k for k in missing if k not in tied and "lm_head" not in k]
+        if missing or unexpected:
+            raise RuntimeError(
+                f"{directory}: weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        self.backbone.tie_weights()
+        head = load_file(str(directory / REWARD_HEAD_FILE))
+        if ("bias" in head) != (self.reward_head.bias is not None):  # a folder from before the bias-free head
+            biased = nn.Linear(self.reward_head.in_features, 1, bias="bias" in head, dtype=torch.float32)
+            self.reward_head = biased.to(self.reward_head.weight.device)
+        self.reward_head.load_state_dict(head)

@@ -1,0 +1,1 @@
+"""What training minimises: the losses and the HaF objective that combines them."""

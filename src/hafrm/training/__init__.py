@@ -1,0 +1,1 @@
+"""The training recipe and its parts: the Trainer, reference log-probs, precision."""

@@ -1,0 +1,103 @@
+"""Reference log-probs: computed once from the frozen initial model and cached on disk.
+
+The cache key hashes the model (config and every weight), the tokenised data and the log-prob
+code version, so no reference model is held in memory during training, and a second run (or
+another mode on the same data) reuses the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from hafrm.data.tokenize import PairCollator, TokenizedPair, pair_features
+from hafrm.modeling.hybrid import HybridRewardModel, model_inputs
+
+log = logging.getLogger(__name__)
+LOGPROB_VERSION = "2"  # bump when the log-prob computation changes (2: packed passes)
+
+
+@dataclass
+class ReferenceResult:
+    logps: torch.Tensor  # (N, 2): chosen, rejected summed response log-probs
+    path: Path
+    hit: bool
+
+
+def model_fingerprint(model: HybridRewardModel) -> str:
+    """Hash of the backbone's config and weights (the policy that becomes the reference)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(model.backbone.config.to_json_string(use_diff=False).encode())
+    for name, tensor in sorted(model.backbone.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def data_fingerprint(pairs: Sequence[TokenizedPair]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for p in pairs:
+        h.update(json.dumps([p.chosen_ids, p.rejected_ids, p.chosen_prompt_len, p.rejected_prompt_len]).encode())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def compute_logps(
+    model: HybridRewardModel,
+    pairs: Sequence[TokenizedPair],
+    pad_token_id: int,
+    batch_size: int = 16,
+    pack_length: int | None = None,
+) -> torch.Tensor:
+    """Summed response log-probs for every pair, (N, 2); batches are formed by length, and
+    packed into rows of `pack_length` tokens when it is given (padded otherwise)."""
+    was_training = model.training
+    model.eval()
+    features = pair_features(pairs, None)
+    order = sorted(range(len(features)), key=lambda i: max(len(pairs[i].chosen_ids), len(pairs[i].rejected_ids)))
+    collate = PairCollator(pad_token_id, pack_length=pack_length)
+    out = torch.zeros(len(features), 2)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = collate([features[i] for i in idx])
+        res = model(**model_inputs(batch))
+        B = len(idx)
+        out[idx, 0] = res.logps[:B].float().cpu()
+        out[idx, 1] = res.logps[B:].float().cpu()
+    model.train(was_training)
+    return out
+
+
+def reference_logps(
+    model: HybridRewardModel,
+    pairs: Sequence[TokenizedPair],
+    cache_dir: Path,
+    pad_token_id: int,
+    batch_size: int = 16,
+    fingerprint: str | None = None,
+    pack_length: int | None = None,
+) -> ReferenceResult:
+    """Load the cached reference log-probs for (model, data), or compute and cache them."""
+    fingerprint = fingerprint or model_fingerprint(model)
+    key = hashlib.blake2b(
+        f"{fingerprint}:{data_fingerprint(pairs)}:{LOGPROB_VERSION}".encode(), digest_size=16
+    ).hexdigest()
+    path = Path(cache_dir) / "reference" / f"{key}.safetensors"
+    if path.is_file():
+        logps = load_file(str(path))["logps"]
+        if logps.shape == (len(pairs), 2):
+            return ReferenceResult(logps, path, hit=True)
+        log.warning("reference cache %s has the wrong shape; recomputing", path)
+    logps = compute_logps(model, pairs, pad_token_id, batch_size, pack_length)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"logps": logps.contiguous()}, str(tmp), metadata={"pairs": str(len(pairs))})
+    tmp.replace(path)  # atomic: a killed run never leaves a half-written cache file
+    return ReferenceResult(logps, path, hit=False)

@@ -1,0 +1,119 @@
+"""HafTrainer: `transformers.Trainer` with the hybrid objective and hafrm's model folder format.
+
+The Trainer owns the loop (accumulation, scheduling, checkpoints, best-model tracking, resume,
+progress bar); this subclass only says how to compute the loss, how to evaluate, and how to
+save/load a `HybridRewardModel`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from hafrm.config import HafConfig
+from hafrm.data.tokenize import TokenizedPair
+from hafrm.evaluation.evaluate import EvalResult, evaluate_pairs
+from hafrm.modeling.hybrid import HybridRewardModel
+from hafrm.objectives.haf import HybridObjective
+
+TRAINING_ARGS_NAME = "training_args.bin"
+
+
+class HafTrainer(Trainer):
+    def __init__(
+        self,
+        *args: Any,
+        haf_config: HafConfig,
+        eval_pairs: list[TokenizedPair],
+        eval_features: list[dict[str, Any]],
+        pad_token_id: int,
+        hafrm_meta: dict[str, Any],
+        bf16_steps: bool = False,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        self.haf_config = haf_config
+        self.objective = HybridObjective(haf_config)
+        self.eval_pairs = eval_pairs
+        self.eval_features = eval_features
+        self.pad_token_id = pad_token_id
+        self.hafrm_meta = hafrm_meta
+        self.bf16_steps = bf16_steps
+        self._train_metrics: dict[str, list[float]] = defaultdict(list)
+        self.eval_history: dict[int, EvalResult] = {}  # step -> eval of that step's weights
+        self.selected_step: int | None = None  # the step whose weights the run ends with
+
+    def create_optimizer(self, model: torch.nn.Module | None = None):
+        """AdamW with the reward head in its own group (it may take a higher learning rate)."""
+        if self.optimizer is None:
+            model = self.model
+            head = list(model.reward_head.parameters())
+            head_ids = {id(p) for p in head}
+            body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+            cfg = self.haf_config
+            groups = [
+                {"params": body, "weight_decay": cfg.weight_decay},
+                {"params": head, "weight_decay": 0.0, "lr": cfg.reward_head_learning_rate or cfg.learning_rate},
+            ]
+            self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        progress = self.state.global_step / max(1, self.state.max_steps - 1) if model.training else None
+        # Training steps in bf16 autocast where asked (the reward head and losses stay fp32 inside);
+        # evaluation runs in fp32, so it equals a later `hafrm eval` of the saved model. (The
+        # Trainer's own `bf16=True` would wrap the model's forward in autocast for good.)
+        with torch.autocast(self.args.device.type, torch.bfloat16, enabled=self.bf16_steps and model.training):
+            step = self.objective(model, inputs, progress=progress)
+        for k, v in step.metrics.items():
+            self._train_metrics[k].append(v)
+        return (step.loss, step) if return_outputs else step.loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Training logs carry the mean of the step metrics since the last log (TRL's habit).
+        if "loss" in logs and not any(k.startswith("eval_") for k in logs):
+            for k, values in self._train_metrics.items():
+                if k != "loss" and values:
+                    logs[k] = sum(values) / len(values)
+            self._train_metrics.clear()
+        super().log(logs, start_time)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        result = evaluate_pairs(self.model, self.haf_config, self.eval_pairs, self.eval_features, self.pad_token_id)
+        self.eval_history[self.state.global_step] = result
+        metrics = {
+            f"{metric_key_prefix}_{k}": v for k, v in result.metrics.items() if not k.startswith(("tag/", "subset/"))
+        }
+        metrics[f"{metric_key_prefix}_step"] = float(self.state.global_step)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    # persistence: hafrm's folder format instead of a bare state dict --------------------
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        model: HybridRewardModel = self.accelerator.unwrap_model(self.model)
+        model.save_pretrained(output_dir, hafrm_config=self.hafrm_meta)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def final_eval(self) -> EvalResult:
+        """The eval of the weights the run ends with (the kept best, or the last step)."""
+        best = self.state.best_model_checkpoint if self.args.load_best_model_at_end else None
+        step = int(os.path.basename(best).split("-")[-1]) if best else self.state.global_step
+        if step not in self.eval_history:  # e.g. resumed past it, or the last step was not evaluated
+            self.evaluate()
+            step = self.state.global_step
+        self.selected_step = step
+        return self.eval_history[step]
+
+    def _load_best_model(self) -> None:
+        self.accelerator.unwrap_model(self.model).load_weights(self.state.best_model_checkpoint)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        (model or self.accelerator.unwrap_model(self.model)).load_weights(resume_from_checkpoint)

@@ -1,0 +1,161 @@
+"""The frozen-prefix cache: the cached path equals the full forward (outputs and gradients, padded
+and packed, two architectures); the on-disk set file is written once and reused; the pipeline
+checks the cached path before it uses it."""
+
+import logging
+
+import pytest
+import torch
+
+from hafrm.config import HafConfig
+from hafrm.data.tokenize import PairCollator, PairTokenizer, pair_features
+from hafrm.modeling import prefix
+from hafrm.modeling.hybrid import HybridRewardModel
+from hafrm.objectives.haf import HybridObjective
+from helpers import make_pairs, tiny_backbone
+
+
+def _model(arch, tokenizer, frozen=2):
+    model = HybridRewardModel(tiny_backbone(arch, len(tokenizer), seed=3, layers=4))
+    torch.nn.init.normal_(model.reward_head.weight, std=0.5)
+    model.freeze_bottom(frozen)
+    model.train()
+    return model
+
+
+@pytest.mark.parametrize("pack_length", [None, 64])
+def test_cached_path_equals_full_forward_and_gradients(arch, pack_length, tokenizer):
+    model = _model(arch, tokenizer)
+    tok = PairTokenizer(tokenizer, 512, 256).tokenize(make_pairs(5))
+    features = pair_features(tok.pairs, torch.randn(len(tok.pairs), 2) - 20.0)
+    batch = PairCollator(tokenizer.pad_token_id, pack_length=pack_length)(features)
+    objective = HybridObjective(HafConfig())
+
+    def run():
+        model.zero_grad()
+        out = objective(model, batch)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full, g_full = run()
+    model.prefix_cache = prefix.PrefixCache(2)
+    first, g_first = run()  # every sequence a miss: computed, stored
+    assert model.prefix_cache.misses == 10 and model.prefix_cache.hits == 0 and len(model.prefix_cache) == 10
+    cached, g_cached = run()  # every sequence a hit
+    assert model.prefix_cache.hits == 10
+    for out, grads in ((first, g_first), (cached, g_cached)):
+        assert torch.allclose(out.loss, full.loss, atol=1e-5)
+        for name in ("reward_head/chosen", "logps/chosen", "logps/rejected"):
+            assert out.metrics[name] == pytest.approx(full.metrics[name], abs=1e-4), name
+        assert grads.keys() == g_full.keys()  # the frozen layers get no gradient either way
+        assert not any(".layers.0." in n or ".layers.1." in n for n in grads)
+        for name, g in g_full.items():
+            assert (grads[name] - g).abs().max() < 1e-4, name
+    assert len(model.decoder().layers) == 4  # the layer list is restored after every forward
+
+
+def test_spans_of_padded_and_packed_batches():
+    ids = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 0]])
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 0]])
+    assert prefix.spans(ids, mask, None, None) == [(0, 2, 4), (1, 0, 3)]
+    seg = torch.tensor([[0, 0, 0, 1, 1], [2, 2, 2, 2, -1]])
+    ends = torch.tensor([[0, 2], [0, 4], [1, 3]])
+    assert prefix.spans(seg, None, ends, seg) == [(0, 0, 3), (0, 3, 5), (1, 0, 4)]
+
+
+def test_cache_stops_storing_at_its_limit_and_counts():
+    cache = prefix.PrefixCache(1, max_bytes=4 * 8 * 3)  # room for three 8-float states
+    for i in range(5):
+        cache.put(torch.tensor([i]), torch.zeros(1, 8))
+    assert len(cache) == 3 and cache.skipped == 2
+    assert cache.get(torch.tensor([0])) is not None and cache.get(torch.tensor([4])) is None
+
+
+def test_fill_writes_the_set_once_and_reloads_it(tokenizer, tmp_path):
+    model = _model("llama", tokenizer)
+    model.eval()
+    tok = PairTokenizer(tokenizer, 512, 256).tokenize(make_pairs(4))
+    seqs = [s for p in tok.pairs for s in (p.chosen_ids, p.rejected_ids)]
+    model.prefix_cache = prefix.PrefixCache(2)
+    path, hit = prefix.fill(model, seqs, tmp_path, "model-x", tokenizer.pad_token_id, pack_length=64)
+    assert not hit and path.is_file() and len(model.prefix_cache) == len(set(map(tuple, seqs)))
+    # each stored state equals the bottom layers run on that sequence alone
+    one = torch.tensor([seqs[3]])
+    alone = prefix.bottom_states(model.decoder(), 2, input_ids=one, position_ids=torch.arange(one.shape[1])[None])
+    stored = model.prefix_cache.get(one[0])
+    assert torch.allclose(stored, alone[0], atol=1e-5)
+    model.prefix_cache = prefix.PrefixCache(2)
+    again, hit = prefix.fill(model, seqs, tmp_path, "model-x", tokenizer.pad_token_id)
+    assert hit and again == path
+    assert torch.equal(model.prefix_cache.get(one[0]), stored)
+    # another model (or another number of frozen layers) is another file
+    other, hit = prefix.fill(model, seqs, tmp_path, "model-y", tokenizer.pad_token_id)
+    assert not hit and other != path
+
+
+def test_training_with_the_cache_equals_training_without(tiny_model_dir, tmp_path):
+    from hafrm.training.recipe import train
+
+    def run(mib, name):
+        cfg = HafConfig(
+            model=str(tiny_model_dir),
+            freeze_layers=5,
+            builtin_pairs=24,
+            per_device_train_batch_size=4,
+            max_steps=3,
+            prefix_cache_mib=mib,
+            output_dir=str(tmp_path / name),
+            precision="fp32",
+        )  # fmt: skip  (bf16 runs the frozen layers in bf16 without the cache)
+        return train(cfg, save=False)
+
+    with_cache, without = run(4096, "on"), run(0, "off")
+    assert with_cache.metrics["train/prefix_cache/hits"] > 0  # the frozen layers' output was read, not run
+    assert "train/prefix_cache/hits" not in without.metrics
+    assert with_cache.reward_model.model.prefix_cache is None  # dropped after training: scoring new text runs it all
+    for key in ("eval/reward_head/accuracy", "eval/loss", "eval/reward_head/margin", "eval/logps/chosen"):
+        assert with_cache.metrics[key] == pytest.approx(without.metrics[key], abs=1e-4), key
+
+
+def test_pipeline_turns_the_cache_off_when_the_check_fails(tiny_model_dir, tmp_path, monkeypatch, caplog):
+    from hafrm.training import recipe as pipeline
+
+    monkeypatch.setattr(pipeline, "verify", lambda *a, **k: 0.5)
+    cfg = HafConfig(model=str(tiny_model_dir), freeze_layers=5, builtin_pairs=24, per_device_train_batch_size=4,
+                    max_steps=1, output_dir=str(tmp_path))  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        result = pipeline.train(cfg, save=False)
+    assert result.reward_model.model.prefix_cache is None
+    assert "frozen-prefix cache off: the cached path differs" in caplog.text
+
+
+def test_top_layers_keep_their_own_attention_type(tokenizer):
+    """Qwen2 with sliding-window attention in its top layers only: the sliced layer list must
+    carry the top layers' types, or they would get the bottom layers' full-attention mask."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=4,
+                         max_window_layers=2, pad_token_id=2)  # fmt: skip
+    assert config.layer_types == ["full_attention"] * 2 + ["sliding_attention"] * 2
+    model = HybridRewardModel(Qwen2ForCausalLM(config).eval())
+    model.freeze_bottom(2)
+    model.prefix_cache = prefix.PrefixCache(2)
+    ids = torch.randint(3, len(tokenizer), (2, 12))
+    mask = torch.ones_like(ids)
+    assert prefix.verify(model, ids, torch.arange(12).expand(2, 12), mask) < 1e-5
+    assert config.layer_types[2:] == ["sliding_attention"] * 2 and len(config.layer_types) == 4  # restored
+
+
+def test_cache_is_refused_for_dropout_resume_and_several_processes(tokenizer, monkeypatch):
+    from hafrm.training.recipe import prefix_blocker
+
+    model = _model("llama", tokenizer)
+    assert prefix_blocker(HafConfig(), model) is None
+    assert "resumed" in prefix_blocker(HafConfig(resume=True), model)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert "single process" in prefix_blocker(HafConfig(), model)
+    monkeypatch.delenv("WORLD_SIZE")
+    model.config.attention_dropout = 0.1
+    assert "dropout ({'attention_dropout': 0.1})" in prefix_blocker(HafConfig(), model)
