@@ -4,23 +4,15 @@ Shape notation used throughout: `B` pairs; `2B` stacked sequences (chosen rows f
 rejected); `T` tokens; `H` hidden size; `V` vocabulary size.
 """
 
-__version__ = "0.1.0"
-
-from hafrm.apps.export import export_model  # noqa: E402
-from hafrm.config import MODES, SELECTION_METRICS, HafConfig  # noqa: E402
-from hafrm.data.types import PreferencePair  # noqa: E402
-from hafrm.errors import ConfigError, DataError, HafError  # noqa: E402
-from hafrm.evaluation.scoring import RewardModel, load  # noqa: E402
-from hafrm.modeling.hybrid import HybridOutput, HybridRewardModel  # noqa: E402
-from hafrm.objectives.losses import POLICY_LOSSES, PolicyLogps, bradley_terry_loss  # noqa: E402
-
-
-def train(cfg: HafConfig):
-    """Run a training job (see `hafrm.training.recipe.train`)."""
-    from hafrm.training.recipe import train as _train
-
-    return _train(cfg)
-
+from hafrm.apps.export import export_model
+from hafrm.config import MODES, SELECTION_METRICS, HafConfig
+from hafrm.data.types import PreferencePair
+from hafrm.errors import ConfigError, DataError, HafError
+from hafrm.evaluation.scoring import RewardModel, load
+from hafrm.modeling.hybrid import HybridOutput, HybridRewardModel
+from hafrm.objectives.losses import POLICY_LOSSES, PolicyLogps, bradley_terry_loss
+from hafrm.training.recipe import TrainResult, train
+from hafrm.version import __version__
 
 __all__ = [
     "MODES",
@@ -35,8 +27,10 @@ __all__ = [
     "PolicyLogps",
     "PreferencePair",
     "RewardModel",
+    "TrainResult",
     "bradley_terry_loss",
     "export_model",
     "load",
     "train",
+    "__version__",
 ]

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from hafrm import __version__
 from hafrm.data.tokenize import pad_rows
 from hafrm.errors import HafError
 from hafrm.evaluation.scoring import MIN_STD, STATS_KEY, RewardModel
+from hafrm.version import __version__
 
 TARGETS = ("seq-cls", "causal-lm")
 PAD_TOKEN = "<|pad|>"  # added when the tokenizer's pad token can end a formatted text

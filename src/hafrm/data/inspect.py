@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import json
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +12,7 @@ from hafrm.data.formats import DataOptions
 from hafrm.data.io import LoadReport, load_source
 from hafrm.data.tokenize import PairTokenizer
 from hafrm.data.types import PreferencePair
+from hafrm.fileio import write_jsonl_atomic
 
 
 def pair_record(pair: PreferencePair) -> dict[str, Any]:
@@ -73,11 +72,5 @@ def inspect_source(
 def convert_source(spec: str, options: DataOptions, out: Path) -> LoadReport:
     """Write the pairs of `spec` as normalised JSONL (gzipped if `out` ends in .gz)."""
     pairs, report = load_source(spec, options)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    opener = gzip.open if out.suffix == ".gz" else open
-    with opener(tmp, "wt", encoding="utf-8") as f:
-        for pair in pairs:
-            f.write(json.dumps(pair_record(pair), ensure_ascii=False) + "\n")
-    tmp.replace(out)  # no half-written file under the final name
+    write_jsonl_atomic(out, (pair_record(pair) for pair in pairs))
     return report

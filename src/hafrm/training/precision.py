@@ -9,10 +9,9 @@ import torch
 
 
 def _matmul_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 3, tries: int = 3) -> float:
-    """The best of `tries` timings of `reps` products of two n x n matrices. At n = 256 and one
-    timing the probe was too noisy: the same CPU gave 1.2x to 2.4x for bf16 over fp32 (4x at
-    1024). A dtype whose first product is slow is not timed further (emulated bf16, about 1 GFLOP/s,
-    costs that one product: about 2 s)."""
+    """The best of `tries` timings of `reps` products of two n x n matrices: smaller or single
+    timings are too noisy on a shared VM to rank the dtypes (docs/performance.md). A dtype whose
+    first product is slow (emulated bf16) is not timed further, so the probe stays cheap there."""
     a = torch.randn(n, n).to(dtype)
     b = torch.randn(n, n).to(dtype)
     start = time.perf_counter()
@@ -30,7 +29,7 @@ def _matmul_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 3, tries: int 
 
 @functools.lru_cache(maxsize=1)
 def cpu_matmul_gflops() -> dict[str, float]:
-    """Measured fp32 and bf16 matmul GFLOP/s on this CPU (a probe of about 0.2 s)."""
+    """Measured fp32 and bf16 matmul GFLOP/s on this CPU (probed once per process)."""
     return {"fp32": _matmul_gflops(torch.float32), "bf16": _matmul_gflops(torch.bfloat16)}
 
 

@@ -16,7 +16,6 @@ import torch
 from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from hafrm import __version__
 from hafrm.config import SELECTION_METRICS, HafConfig
 from hafrm.data import builtin
 from hafrm.data.io import LoadReport, load_source, split_by_prompt, summary_line
@@ -32,6 +31,7 @@ from hafrm.modeling.prefix import PrefixCache, fill, verify
 from hafrm.training.precision import resolve_precision
 from hafrm.training.reference import model_fingerprint, reference_logps
 from hafrm.training.trainer import HafTrainer
+from hafrm.version import __version__
 
 log = logging.getLogger(__name__)
 

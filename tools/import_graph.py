@@ -1,0 +1,107 @@
+"""Check hafrm's imports: no cycles, and function-local imports only for heavy optional packages.
+
+    python tools/import_graph.py            # exit 1 (and name them) if there is a cycle or a stray local import
+    python tools/import_graph.py --graph    # print each module's hafrm imports
+
+Every import counts, at module level or inside a function: a local import that points upwards is
+still a dependency, only hidden. `from hafrm.pkg import name` is an edge to `hafrm.pkg.name` when
+that is a module, else to `hafrm.pkg`. A module's parent packages are not counted (Python imports
+them first, whatever the module needs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "src"
+# Imported inside functions on purpose: slow to import, or needed by one command only.
+HEAVY = {"trl", "matplotlib", "datasets", "fastapi", "uvicorn", "huggingface_hub", "gguf", "peft", "httpx", "pyarrow"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path, modules: set[str]) -> tuple[set[str], list[tuple[int, str]]]:
+    """(hafrm modules imported, [(line, package)] of function-local imports that are not HEAVY)."""
+    tree = ast.parse(path.read_text(), str(path))
+    edges: set[str] = set()
+    local: list[tuple[int, str]] = []
+    functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+    in_function = {id(n) for f in functions for n in ast.walk(f) if n is not f}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name.split(".")[0] == "hafrm":
+                edges.add(name if name in modules else name.rpartition(".")[0])
+        stray = sorted({n for n in names if n.split(".")[0] not in HEAVY})
+        if id(node) in in_function and stray:
+            local.append((node.lineno, ", ".join(stray)))
+    return edges, local
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (or a module importing itself)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's algorithm; the graph is small enough for recursion
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1 or v in graph.get(v, ()):
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--graph", action="store_true", help="print each module's hafrm imports")
+    args = parser.parse_args()
+    paths = {module_name(p): p for p in sorted((ROOT / "hafrm").rglob("*.py"))}
+    graph, stray = {}, []
+    for name, path in paths.items():
+        graph[name], local = imports(path, set(paths))
+        graph[name].discard(name)
+        stray += [f"{path.relative_to(ROOT.parent)}:{line}: function-local import of {what}" for line, what in local]
+    if args.graph:
+        for name in sorted(graph):
+            print(f"{name}: {', '.join(sorted(graph[name])) or '-'}")
+    found = cycles(graph)
+    for component in found:
+        print("import cycle: " + " <-> ".join(component))
+    for line in stray:
+        print(line)
+    print(f"{len(paths)} modules, {sum(map(len, graph.values()))} imports, {len(found)} cycles, {len(stray)} stray local imports")
+    return 1 if found or stray else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
