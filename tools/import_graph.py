@@ -37,7 +37,8 @@ def imports(path: Path, modules: set[str]) -> tuple[set[str], list[tuple[int, st
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names]
+            full = [f"{node.module}.{a.name}" for a in node.names]
+            names = [name if name in modules else node.module for name in full]
         else:
             continue
         for name in names:
@@ -99,7 +100,8 @@ def main() -> int:
         print("import cycle: " + " <-> ".join(component))
     for line in stray:
         print(line)
-    print(f"{len(paths)} modules, {sum(map(len, graph.values()))} imports, {len(found)} cycles, {len(stray)} stray local imports")
+    n_imports = sum(map(len, graph.values()))
+    print(f"{len(paths)} modules, {n_imports} imports, {len(found)} cycles, {len(stray)} stray local imports")
     return 1 if found or stray else 0
 
 
