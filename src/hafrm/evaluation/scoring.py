@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hafrm.data.tokenize import PairTokenizer, pad_rows
 from hafrm.errors import HafError
+from hafrm.modeling.batching import length_batches
 from hafrm.modeling.hybrid import HAFRM_CONFIG_FILE, REWARD_HEAD_FILE, HybridRewardModel
 from hafrm.objectives.losses import POLICY_LOSSES
 
@@ -143,9 +144,8 @@ class RewardModel:
         if normalize:
             stats = self.stats(head)
             shift, scale = stats["mean"], stats["std"]
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         scores = [0.0] * len(seqs)
-        for idx in _length_batches(order, [len(s) for s in seqs], batch_size, max_batch_tokens):
+        for idx in length_batches([len(s) for s in seqs], batch_size, max_batch_tokens):
             batch = pad_rows([seqs[i] for i in idx], [starts[i] for i in idx], self.tokenizer.pad_token_id)
             values = self._score({k: v.to(self.model.device) for k, v in batch.items()}, head)
             for i, v in zip(idx, values.tolist(), strict=True):
@@ -162,23 +162,6 @@ class RewardModel:
 
     def score(self, prompt: Prompt, response: str, head: str | None = None) -> float:
         return self.score_batch([prompt], [response], head=head)[0]
-
-
-def _length_batches(
-    order: Sequence[int], lengths: Sequence[int], batch_size: int, max_tokens: int | None
-) -> list[list[int]]:
-    """Cut `order` (ascending length) into batches of <= batch_size rows and <= max_tokens padded tokens."""
-    batches: list[list[int]] = []
-    for i in order:
-        current = batches[-1] if batches else None
-        fits = current is not None and len(current) < batch_size
-        if fits and max_tokens is not None:
-            fits = (len(current) + 1) * lengths[i] <= max_tokens  # ascending: i is the batch's longest
-        if fits:
-            current.append(i)
-        else:
-            batches.append([i])
-    return batches
 
 
 def load(path: str | Path) -> RewardModel:
