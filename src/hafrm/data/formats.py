@@ -317,7 +317,7 @@ class Format:
     help: str
 
 
-def _fmt(name: str, fields: str, convert: Converter, help: str) -> Format:
+def _format(name: str, fields: str, convert: Converter, help: str) -> Format:
     return Format(name, frozenset(f.strip() for f in fields.split(",")), convert, help)
 
 
@@ -325,16 +325,16 @@ def _fmt(name: str, fields: str, convert: Converter, help: str) -> Format:
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
-        _fmt("pku", "prompt, response_0, response_1", _pku_native, "PKU-SafeRLHF / BeaverTails native"),
-        _fmt("pku-pair", "prompt, response", _pku_pair, '{"prompt", "response": [preferred, other]}'),
-        _fmt("arena", "conversation_a, conversation_b, winner", _arena, "Chatbot Arena conversations"),
-        _fmt("alpacafarm", "instruction, output_1, output_2, preference", _alpacafarm, "AlpacaFarm human prefs"),
-        _fmt("pandalm", "instruction, response1, response2, annotator1", _pandalm, "PandaLM (3 annotators)"),
-        _fmt("autoj", "prompt, response 1, response 2, label", _autoj, "Auto-J pairwise (2 = tie)"),
-        _fmt("llmbar", "input, output_1, output_2, label", _llmbar, "LLMBar-style (label 1 or 2)"),
-        _fmt("rewardbench", "prompt, chosen, rejected, subset", _trl, "RewardBench (subset kept)"),
-        _fmt("trl", "prompt, chosen, rejected", _trl, "TRL standard or conversational"),
-        _fmt("hh", "chosen, rejected", _hh, "Anthropic HH-RLHF transcripts (or TRL implicit prompt)"),
+        _format("pku", "prompt, response_0, response_1", _pku_native, "PKU-SafeRLHF / BeaverTails native"),
+        _format("pku-pair", "prompt, response", _pku_pair, '{"prompt", "response": [preferred, other]}'),
+        _format("arena", "conversation_a, conversation_b, winner", _arena, "Chatbot Arena conversations"),
+        _format("alpacafarm", "instruction, output_1, output_2, preference", _alpacafarm, "AlpacaFarm human prefs"),
+        _format("pandalm", "instruction, response1, response2, annotator1", _pandalm, "PandaLM (3 annotators)"),
+        _format("autoj", "prompt, response 1, response 2, label", _autoj, "Auto-J pairwise (2 = tie)"),
+        _format("llmbar", "input, output_1, output_2, label", _llmbar, "LLMBar-style (label 1 or 2)"),
+        _format("rewardbench", "prompt, chosen, rejected, subset", _trl, "RewardBench (subset kept)"),
+        _format("trl", "prompt, chosen, rejected", _trl, "TRL standard or conversational"),
+        _format("hh", "chosen, rejected", _hh, "Anthropic HH-RLHF transcripts (or TRL implicit prompt)"),
     )
 }
 

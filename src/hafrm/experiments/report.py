@@ -19,7 +19,7 @@ from hafrm.experiments.analysis import SELECTION, rows_of  # noqa: E402
 from hafrm.experiments.runner import HEAD_KEYS  # noqa: E402
 
 
-def _fmt(v: dict[str, Any] | float | None, digits: int = 3) -> str:
+def _stat(v: dict[str, Any] | float | None, digits: int = 3) -> str:
     if v is None:
         return "–"
     if isinstance(v, dict):
@@ -225,21 +225,21 @@ Table = tuple[str, list[str], list[list[str]]]  # title ("" = under the previous
 def _bon_tables(bon: dict[str, Any]) -> list[Table]:
     out: list[Table] = []
     if "gold_correct" in bon:
-        rows = [[r, _fmt(v)] for r, v in bon["gold_correct"].items()]
-        rows += [["(a random pick: the candidates' rate)", _fmt(bon["candidates_correct"])],
-                 ["(oracle: any candidate correct)", _fmt(bon["oracle"])]]  # fmt: skip
+        rows = [[r, _stat(v)] for r, v in bon["gold_correct"].items()]
+        rows += [["(a random pick: the candidates' rate)", _stat(bon["candidates_correct"])],
+                 ["(oracle: any candidate correct)", _stat(bon["oracle"])]]  # fmt: skip
         title = f"Best-of-{bon['candidates_per_prompt']:g} on {bon['prompts']} held-out prompts (gold verifier)"
         out.append((title, ["method", "picks correct"], rows))
     if "judge" in bon:
         j = bon["judge"]
         ks = sorted({k for v in j["top_k_recall"].values() for k in v})
-        rows = [[r, _fmt(v), *[_fmt(j["top_k_recall"].get(r, {}).get(k)) for k in ks]] for r, v in j["score"].items()]
-        rows += [["(a random pick: the candidates' mean)", _fmt(j["candidates_mean"]), *["–"] * len(ks)],
-                 ["(oracle: the judge's own pick)", _fmt(j["oracle"]), *["–"] * len(ks)]]  # fmt: skip
+        rows = [[r, _stat(v), *[_stat(j["top_k_recall"].get(r, {}).get(k)) for k in ks]] for r, v in j["score"].items()]
+        rows += [["(a random pick: the candidates' mean)", _stat(j["candidates_mean"]), *["–"] * len(ks)],
+                 ["(oracle: the judge's own pick)", _stat(j["oracle"]), *["–"] * len(ks)]]  # fmt: skip
         title = f"Best-of-{bon['candidates_per_prompt']:g} on {bon['prompts']} held-out prompts (judge model)"
         out.append((title, ["method", "judge score of the pick", *[f"top-{k} recall" for k in ks]], rows))
         if j["win_rates"]:
-            rows = [[pair, _fmt(v)] for pair, v in j["win_rates"].items()]
+            rows = [[pair, _stat(v)] for pair, v in j["win_rates"].items()]
             out.append(("", ["A vs B (same training set and seed)", "A's pick wins by the judge"], rows))
     return out
 
@@ -250,21 +250,21 @@ def tables(results: dict[str, Any]) -> list[Table]:
     ind = results["in_distribution"]
     if ind:
         datasets = list(results["datasets"])
-        rows = [[r, *[_fmt(v["datasets"].get(d)) for d in datasets], _fmt(v["average"])] for r, v in ind.items()]
+        rows = [[r, *[_stat(v["datasets"].get(d)) for d in datasets], _stat(v["average"])] for r, v in ind.items()]
         out.append(("In distribution (Table 2)", ["method", *datasets, "average"], rows))
     ood = {r: v for r, v in results["out_of_distribution"].items() if len(v["matrix"]) > 1}
     if ood:
         groups = sorted({g for v in ood.values() for g in v["group_averages"]})
         header = ["method", "in-dist avg", "OOD avg", "within group", "across groups", *[f"OOD {g}" for g in groups]]
         rows = [
-            [r, _fmt(v["in_distribution_average"]), _fmt(v["ood_average"]), _fmt(v["within_group_average"]),
-             _fmt(v["across_group_average"]), *[_fmt(v["group_averages"].get(g)) for g in groups]]
+            [r, _stat(v["in_distribution_average"]), _stat(v["ood_average"]), _stat(v["within_group_average"]),
+             _stat(v["across_group_average"]), *[_stat(v["group_averages"].get(g)) for g in groups]]
             for r, v in ood.items()
         ]  # fmt: skip
         out.append(("Out of distribution (Table 3)", header, rows))
     if results.get("comparisons"):
         rows = [
-            [pair, where.replace("_", " "), _fmt(v["a"]), _fmt(v["b"]), _fmt(v["difference"]),
+            [pair, where.replace("_", " "), _stat(v["a"]), _stat(v["b"]), _stat(v["difference"]),
              f"{v['seeds_won']}/{v['seeds']}", f"{v['pairs_a_better']} / {v['pairs_b_better']}",
              f"{v['sign_test_p']:.3g}"]
             for pair, entry in results["comparisons"].items() for where, v in entry.items()
@@ -274,28 +274,28 @@ def tables(results: dict[str, Any]) -> list[Table]:
         out.append(("HaF against the other methods, paired by seed", header, rows))
     if results["mixed"]:
         rows = [
-            [r, d, _fmt(v["mixed"]), _fmt(v["single"])] for r, per in results["mixed"].items() for d, v in per.items()
+            [r, d, _stat(v["mixed"]), _stat(v["single"])] for r, per in results["mixed"].items() for d, v in per.items()
         ]
         out.append(("Mixed data vs one model per set", ["method", "test set", "mixed", "single"], rows))
     for name, per_row in results["external"].items():
         subsets = sorted({s for v in per_row.values() for s in v["subsets"]})
-        rows = [[r, *[_fmt(v["subsets"].get(s)) for s in subsets]] for r, v in per_row.items()]
+        rows = [[r, *[_stat(v["subsets"].get(s)) for s in subsets]] for r, v in per_row.items()]
         out.append((f"External set: {name}", ["model", *subsets], rows))
         rb = {r: v["rewardbench"] for r, v in per_row.items() if v["rewardbench"]}
         if rb:
             secs = list(next(iter(rb.values())))
-            out.append(("", ["model", *secs], [[r, *[_fmt(v.get(s)) for s in secs]] for r, v in rb.items()]))
+            out.append(("", ["model", *secs], [[r, *[_stat(v.get(s)) for s in secs]] for r, v in rb.items()]))
     if results["checkpoint_selection"]:
         crits = [*SELECTION, "oracle"]
-        rows = [[r, *[_fmt(v.get(c)) for c in crits]] for r, v in results["checkpoint_selection"].items()]
+        rows = [[r, *[_stat(v.get(c)) for c in crits]] for r, v in results["checkpoint_selection"].items()]
         out.append(("Checkpoint selection", ["method", *crits], rows))
     if results["calibration"]:
-        rows = [[r, _fmt(v["ece"]), str(v["pairs"])] for r, v in results["calibration"].items()]
+        rows = [[r, _stat(v["ece"]), str(v["pairs"])] for r, v in results["calibration"].items()]
         out.append(("Calibration", ["method", "ECE", "pairs"], rows))
     if results["alpha_sweep"]:
         sw = results["alpha_sweep"]
-        rows = [[a, _fmt(v.get("reward")), _fmt(v.get("implicit"))] for a, v in sw["alphas"].items()]
-        rows += [[s, _fmt(v.get("reward")), _fmt(v.get("implicit"))] for s, v in sw.get("schedules", {}).items()]
+        rows = [[a, _stat(v.get("reward")), _stat(v.get("implicit"))] for a, v in sw["alphas"].items()]
+        rows += [[s, _stat(v.get("reward")), _stat(v.get("implicit"))] for s, v in sw.get("schedules", {}).items()]
         out.append((f"alpha sweep ({sw['dataset']})", ["alpha", "reward head", "implicit"], rows))
     out += _bon_tables(results.get("best_of_n") or {})
     budget = [[b["cell"], str(b["train_pairs"]), str(b["steps"]), f"{b['seconds']:.0f}"] for b in results["budgets"]]
