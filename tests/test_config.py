@@ -1,8 +1,11 @@
 """Config validation: bad values fail at start-up, naming what is accepted."""
 
+import dataclasses
+import re
+
 import pytest
 
-from hafrm.config import HafConfig, field_help
+from hafrm.config import HafConfig, field_group, field_help, read_options
 from hafrm.errors import ConfigError
 
 
@@ -54,3 +57,52 @@ def test_group_by_length_picks_the_trainers_sampler(tmp_path, group_by_length, s
 
     cfg = HafConfig(group_by_length=group_by_length, output_dir=str(tmp_path))
     assert _training_args(cfg, 64).train_sampling_strategy == sampler
+
+
+def test_fields_are_grouped_by_concern_in_class_order():
+    from hafrm.config import GROUPS
+
+    names = [f.name for f in dataclasses.fields(HafConfig)]
+    groups = [field_group(n) for n in names]
+    assert set(groups) == set(GROUPS)
+    assert groups == sorted(groups, key=list(GROUPS).index)  # one section per group, in GROUPS' order
+    assert [n for g in GROUPS for n in HafConfig.fields_in(g)] == names
+    assert HafConfig.fields_in("loss")[:2] == ("loss", "alpha") and "simpo_gamma" in HafConfig.fields_in("loss")
+    cfg = HafConfig(alpha=0.3, data=["a.jsonl"])
+    assert cfg.group_dict("loss")["alpha"] == 0.3 and cfg.group_dict("data")["data"] == ["a.jsonl"]
+    assert set(cfg.group_dict("speed")) == set(HafConfig.fields_in("speed"))
+    with pytest.raises(ConfigError, match="unknown field group 'misc'"):
+        HafConfig.fields_in("misc")
+
+
+def test_fields_and_modes_are_built_by_keyword():
+    from hafrm.config import ModeSpec
+
+    with pytest.raises(TypeError):
+        HafConfig("smollm2")
+    with pytest.raises(TypeError):
+        ModeSpec(1.0, True, 0.0, "reward", "positional")
+    assert ModeSpec(reward_weight=1.0, uses_alpha=True, policy_weight=0.0, inference_head="reward", help="h")
+
+
+def test_help_holds_no_measurements():
+    for f in dataclasses.fields(HafConfig):
+        text = f.metadata["help"].lower()
+        assert not re.search(r"faster|slower|measured|seconds|\d\s*(s|ms|min)\b|\d+\.\d+x\b|readme", text), f.name
+
+
+def test_read_options_is_the_one_check_of_the_source_fields():
+    for bad, message in (
+        ({"on_error": "ignore"}, "unknown on_error 'ignore'; accepted: raise, skip"),
+        ({"data_format": "nope"}, "unknown data_format 'nope'"),
+        ({"pku_label": "kinder"}, "unknown pku_label 'kinder'; accepted: safer, better"),
+        ({"max_pairs_per_source": 0}, "max_pairs_per_source must be >= 1"),
+        ({"data_map": ["chosen"]}, "expected TARGET=FIELD"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            read_options(**bad)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            HafConfig(**bad)
+    opts = HafConfig(data_map=["chosen=a", "rejected=b"], max_pairs_per_source=3, seed=7).data_options()
+    assert (opts.mapping, opts.max_pairs, opts.seed) == ({"chosen": "a", "rejected": "b"}, 3, 7)
+    assert set(HafConfig.fields_in(source=True)) <= set(HafConfig.fields_in("data"))

@@ -302,3 +302,102 @@ def test_optimisation_flags_reach_the_config(monkeypatch):
     cfg = seen["cfg"]
     assert (cfg.num_train_epochs, cfg.gradient_accumulation_steps) == (2.5, 3)
     assert (cfg.reward_head_learning_rate, cfg.learning_rate) == (0.002, 3e-5)
+
+
+def _config_of(monkeypatch, args):
+    """The HafConfig `hafrm train ARGS` would train with (training itself is replaced)."""
+    import hafrm.training.recipe
+    from hafrm.errors import HafError
+
+    seen = {}
+
+    def capture(cfg):
+        seen["cfg"] = cfg
+        raise HafError("captured")
+
+    monkeypatch.setattr(hafrm.training.recipe, "train", capture)
+    result = runner.invoke(app, ["train", *args])
+    assert result.exit_code == 2 and "captured" in result.output, result.output
+    return seen["cfg"]
+
+
+def _train_command():
+    import typer
+
+    return typer.main.get_command(app).commands["train"]
+
+
+def test_every_config_field_is_a_train_flag_with_its_default_and_group():
+    import dataclasses
+
+    from hafrm.config import GROUPS, HafConfig, field_group
+
+    params = {p.name: p for p in _train_command().params}
+    fields = dataclasses.fields(HafConfig)
+    assert set(params) == {f.name for f in fields} | {"config"}
+    for f in fields:
+        p = params[f.name]
+        assert f"--{f.name.replace('_', '-')}" in p.opts, f.name
+        assert p.default is None, f.name  # a flag left out overrides nothing
+        assert p.rich_help_panel == GROUPS[field_group(f.name)], f.name
+        assert r"\[default: " in p.help, f.name
+    assert params["alpha"].help.endswith(r"\[default: 0.2]")
+    assert params["data"].help.endswith(r"\[default: builtin]") and params["data"].multiple
+    assert params["packing"].secondary_opts == ["--no-packing"]
+    assert params["packing"].help.endswith(r"\[default: packing]")
+    assert params["resume"].help.endswith(r"\[default: no-resume]")
+    assert params["eval_steps"].help.endswith(r"'none' unsets it. \[default: none]")
+    help_text = runner.invoke(app, ["train", "--help"]).output
+    for title in GROUPS.values():
+        assert title in help_text
+    assert "--simpo-gamma" in help_text and "[default: 0.2]" in help_text
+
+
+def test_old_flag_spellings_still_work(monkeypatch):
+    args = ["--batch-size", "4", "--format", "trl", "--map", "chosen=a", "--map", "rejected=b", "--no-packing",
+            "--pku-safety-filter", "--no-group-by-length", "--resume",
+            "--data", "x.jsonl", "--data", "y.jsonl"]  # fmt: skip
+    cfg = _config_of(monkeypatch, args)
+    assert (cfg.per_device_train_batch_size, cfg.data_format, cfg.data_map) == (4, "trl", ["chosen=a", "rejected=b"])
+    assert (cfg.packing, cfg.pku_safety_filter, cfg.group_by_length, cfg.resume) == (False, True, False, True)
+    assert cfg.data == ["x.jsonl", "y.jsonl"]
+    cfg = _config_of(monkeypatch, ["--per-device-train-batch-size", "3", "--data-format", "hh", "--packing"])
+    assert (cfg.per_device_train_batch_size, cfg.data_format, cfg.packing) == (3, "hh", True)
+
+
+def test_new_flags_reach_the_config(monkeypatch):
+    args = ["--simpo-gamma", "0.3", "--use-margin", "--center-rewards-coefficient", "0.01",
+            "--system-prompt", "Be brief.", "--weight-decay", "0.1", "--save-total-limit", "3",
+            "--max-grad-norm", "0.5", "--warmup-ratio", "0.1",
+            "--lr-scheduler-type", "linear", "--per-device-eval-batch-size", "4", "--logging-steps", "2",
+            "--logprob-chunk-size", "64", "--logprob-keep-mib", "8", "--pack-length", "256"]  # fmt: skip
+    cfg = _config_of(monkeypatch, args)
+    assert (cfg.simpo_gamma, cfg.use_margin, cfg.center_rewards_coefficient) == (0.3, True, 0.01)
+    assert (cfg.system_prompt, cfg.weight_decay, cfg.save_total_limit, cfg.max_grad_norm) == ("Be brief.", 0.1, 3, 0.5)
+    assert (cfg.warmup_ratio, cfg.lr_scheduler_type, cfg.per_device_eval_batch_size) == (0.1, "linear", 4)
+    assert (cfg.logging_steps, cfg.logprob_chunk_size, cfg.logprob_keep_mib, cfg.pack_length) == (2, 64, 8, 256)
+
+
+def test_yaml_values_hold_unless_a_flag_is_given(monkeypatch, tmp_path):
+    from hafrm.config import HafConfig
+
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text(
+        "alpha: 0.4\npacking: false\neval_steps: 5\nreward_head_learning_rate: 0.01\ndata: [a.jsonl]\n"
+    )
+    cfg = _config_of(monkeypatch, ["--config", str(yaml_file)])
+    assert (cfg.alpha, cfg.packing, cfg.eval_steps, cfg.reward_head_learning_rate) == (0.4, False, 5, 0.01)
+    assert cfg.data == ["a.jsonl"] and cfg.beta == HafConfig().beta
+    args = ["--config", str(yaml_file), "--alpha", "0.1", "--packing", "--eval-steps", "none",
+            "--reward-head-learning-rate", "none", "--data", "b.jsonl"]  # fmt: skip
+    cfg = _config_of(monkeypatch, args)
+    assert (cfg.alpha, cfg.packing, cfg.eval_steps, cfg.reward_head_learning_rate) == (0.1, True, None, None)
+    assert cfg.data == ["b.jsonl"]
+    assert _config_of(monkeypatch, ["--max-pairs-per-source", "7"]).max_pairs_per_source == 7
+
+
+def test_a_value_of_the_wrong_type_is_exit_2():
+    for args in (["--eval-steps", "often"], ["--alpha", "high"], ["--max-steps", "none"]):
+        result = runner.invoke(app, ["train", *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert "Traceback" not in result.output

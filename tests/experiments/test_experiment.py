@@ -355,13 +355,13 @@ def test_extra_eval_in_process_equals_evaluating_the_saved_model(tiny_model_dir,
 
 
 def test_a_methods_own_logging_steps_is_kept(tmp_path):
-    from hafrm.experiments.runner import _cell_setup, prepare_data
+    from hafrm.experiments.runner import cell_setup, prepare_data
 
     spec = _spec(methods={"haf": {"mode": "hybrid", "logging_steps": 7}, "reward": {"mode": "reward"}})
     prepare_data(spec, tmp_path)
     cells = {c.id: c for c in plan_cells(spec)}
-    assert _cell_setup(spec, cells["haf--arith--s0"], tmp_path)[0].logging_steps == 7
-    cfg = _cell_setup(spec, cells["reward--arith--s0"], tmp_path)[0]
+    assert cell_setup(spec, cells["haf--arith--s0"], tmp_path).config.logging_steps == 7
+    cfg = cell_setup(spec, cells["reward--arith--s0"], tmp_path).config
     n_train = sum(1 for _ in (tmp_path / "data" / "arith.train.jsonl").open())
     steps = int(math.ceil(n_train / cfg.per_device_train_batch_size) * cfg.num_train_epochs)
     assert cfg.logging_steps == max(1, steps // 20)  # a curve's worth
@@ -374,7 +374,7 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 def test_committed_paper_cells_still_match_paper_yaml(tmp_path, monkeypatch):
     # docs/paper/cells hold hours of finished cells; a rerun of paper.yaml continues from them
     # only while their fingerprints (config, code version, data bytes) still match.
-    from hafrm.experiments.runner import _cell_setup, prepare_data
+    from hafrm.experiments.runner import cell_setup, prepare_data
     from hafrm.experiments.spec import load_experiment
 
     root = Path(__file__).resolve().parents[2]
@@ -385,5 +385,28 @@ def test_committed_paper_cells_still_match_paper_yaml(tmp_path, monkeypatch):
     committed = sorted((root / "docs" / "paper" / "cells").glob("*/cell.json"))
     assert committed
     for f in committed:
-        fingerprint = _cell_setup(spec, cells[f.parent.name], tmp_path)[2]
+        fingerprint = cell_setup(spec, cells[f.parent.name], tmp_path).fingerprint
         assert json.loads(f.read_text())["fingerprint"] == fingerprint, f.parent.name
+
+
+def test_the_field_lists_come_from_the_config_and_name_its_fields():
+    from hafrm.config import HafConfig
+    from hafrm.experiments import runner, spec
+
+    fields = set(HafConfig.fields_in())
+    for names in (spec.CELL_FIELDS, spec.DATA_OPTIONS, spec.NOT_SHARED, runner.UNHASHED_PATHS, runner.SPEED_ONLY):
+        assert names and set(names) <= fields, names
+    assert set(spec.CELL_FIELDS) == {"data", "eval_data", "seed", "output_dir", "select_by", "eval_steps",
+                                     "save_steps", "resume"}  # fmt: skip
+    assert spec.DATA_OPTIONS == ("data_format", "data_map", "on_error", "pku_label", "pku_safety_filter")
+    assert set(spec.NOT_SHARED) == {*spec.DATA_OPTIONS, "max_pairs_per_source", "builtin_pairs", "eval_fraction"}
+    assert "experiments.runner" not in Path(spec.__file__).read_text()  # spec does not import the runner
+
+
+def test_a_cells_config_is_built_in_the_spec():
+    from hafrm.experiments.spec import cell_config
+
+    spec = _spec(train={"max_steps": 3}, alpha_sweep={"dataset": "arith", "alphas": [0.5]})
+    cell = next(c for c in plan_cells(spec) if c.kind == "sweep")
+    cfg = cell_config(spec, cell, output_dir="o")
+    assert (cfg.alpha, cfg.max_steps, cfg.seed, cfg.output_dir) == (0.5, 3, cell.seed, "o")

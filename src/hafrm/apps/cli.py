@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import logging
 import sys
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from hafrm.config import HafConfig, field_help
+from hafrm.config import GROUPS, HafConfig, field_help, read_options
 from hafrm.errors import HafError
 
 app = typer.Typer(
@@ -39,59 +44,69 @@ def _fail(message: str) -> None:
 
 
 def _build_config(config: Path | None, overrides: dict[str, Any]) -> HafConfig:
+    """The YAML file's fields (if any), then every flag given: a flag left out (None) keeps the file's value."""
     base = HafConfig.from_yaml(config).to_dict() if config else {}
-    base.update({k: v for k, v in overrides.items() if v is not None and v != []})
+    base.update({k: _unset(v) for k, v in overrides.items() if v is not None and v != []})
     return HafConfig.from_dict(base)
 
 
-@app.command()
-def train(
-    config: Path | None = typer.Option(None, "--config", help="YAML file of HafConfig fields."),
-    mode: str | None = typer.Option(None, help=H("mode")),
-    alpha: float | None = typer.Option(None, help=H("alpha")),
-    alpha_schedule: str | None = typer.Option(None, help=H("alpha_schedule")),
-    beta: float | None = typer.Option(None, help=H("beta")),
-    loss: str | None = typer.Option(None, help=H("loss")),
-    model: str | None = typer.Option(None, help=H("model")),
-    data: list[str] | None = typer.Option(None, help=H("data")),
-    eval_data: list[str] | None = typer.Option(None, help=H("eval_data")),
-    eval_fraction: float | None = typer.Option(None, help=H("eval_fraction")),
-    max_length: int | None = typer.Option(None, help=H("max_length")),
-    max_prompt_length: int | None = typer.Option(None, help=H("max_prompt_length")),
-    output_dir: str | None = typer.Option(None, help=H("output_dir")),
-    max_steps: int | None = typer.Option(None, help=H("max_steps")),
-    save_steps: int | None = typer.Option(None, help=H("save_steps")),
-    eval_steps: int | None = typer.Option(None, help=H("eval_steps")),
-    select_by: str | None = typer.Option(None, help=H("select_by")),
-    learning_rate: float | None = typer.Option(None, help=H("learning_rate")),
-    reward_head_learning_rate: float | None = typer.Option(None, help=H("reward_head_learning_rate")),
-    num_train_epochs: float | None = typer.Option(None, help=H("num_train_epochs")),
-    gradient_accumulation_steps: int | None = typer.Option(None, help=H("gradient_accumulation_steps")),
-    batch_size: int | None = typer.Option(None, help=H("per_device_train_batch_size")),
-    builtin_pairs: int | None = typer.Option(None, help=H("builtin_pairs")),
-    precision: str | None = typer.Option(None, help=H("precision")),
-    seed: int | None = typer.Option(None, help=H("seed")),
-    freeze_layers: int | None = typer.Option(None, help=H("freeze_layers")),
-    data_format: str | None = typer.Option(None, "--format", help=H("data_format")),
-    data_map: list[str] | None = typer.Option(None, "--map", help=H("data_map")),
-    on_error: str | None = typer.Option(None, help=H("on_error")),
-    max_pairs_per_source: int | None = typer.Option(None, help=H("max_pairs_per_source")),
-    pku_label: str | None = typer.Option(None, help=H("pku_label")),
-    pku_safety_filter: bool | None = typer.Option(None, "--pku-safety-filter", help=H("pku_safety_filter")),
-    cache_dir: str | None = typer.Option(None, help=H("cache_dir")),
-    packing: bool | None = typer.Option(None, "--packing/--no-packing", help=H("packing")),
-    group_by_length: bool | None = typer.Option(
-        None, "--group-by-length/--no-group-by-length", help=H("group_by_length")
-    ),
-    prefix_cache_mib: int | None = typer.Option(None, help=H("prefix_cache_mib")),
-    resume: bool = typer.Option(False, "--resume", help=H("resume")),
-) -> None:
+# `hafrm train` has one flag per HafConfig field, --field-name (plus these older spellings), made
+# from the field's type, help and group, so a new field gets its flag without an edit here.
+TRAIN_ALIASES = {"per_device_train_batch_size": "--batch-size", "data_format": "--format", "data_map": "--map"}
+UNSET = "none"  # given to an optional number's flag: set the field to None (e.g. over a YAML value)
+
+
+class _Unset:
+    """What UNSET parses to: a flag that was given and sets its field to None (a flag left out is None)."""
+
+
+def _unset(value: Any) -> Any:
+    return None if isinstance(value, _Unset) else value
+
+
+def _number_or_unset(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        if text.strip().lower() == UNSET:
+            return _Unset()
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is neither {kind.__name__} nor '{UNSET}'") from None
+
+    return parse
+
+
+def _train_option(f: dataclasses.Field, kind: Any) -> inspect.Parameter:
+    """A HafConfig field as a `hafrm train` option; its default is None (overrides nothing), and
+    --help shows the field's default."""
+    flags = ["--" + f.name.replace("_", "-")] + ([TRAIN_ALIASES[f.name]] if f.name in TRAIN_ALIASES else [])
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    text, extra = f.metadata["help"], {}
+    optional = type(None) in typing.get_args(kind)
+    if optional:
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    if kind is bool:
+        flags = [f"{flag}/--no-{flag[2:]}" for flag in flags]
+        shown = ("" if default else "no-") + f.name.replace("_", "-")
+    elif isinstance(default, list):
+        shown = " ".join(default) or "none"
+    else:
+        shown = UNSET if default is None else str(default)
+    if optional and kind is not str:
+        extra = {"parser": _number_or_unset(kind), "metavar": f"<{kind.__name__}>"}
+        text += f" '{UNSET}' unsets it."
+    group = GROUPS[f.metadata["group"]]
+    text += escape(f" [default: {shown}]")  # the field's default: the option's own is None
+    option = typer.Option(*flags, help=text, rich_help_panel=group, **extra)
+    return inspect.Parameter(
+        f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind | None, option]
+    )
+
+
+def _train(config: Path | None = None, **fields: Any) -> None:
     """Train a reward model. With no arguments: HaF on the built-in task, embedded SmolLM2."""
-    overrides = {k: v for k, v in locals().items() if k != "config"}  # option name == HafConfig field
-    overrides["per_device_train_batch_size"] = overrides.pop("batch_size")
-    overrides["resume"] = resume or None
     try:
-        cfg = _build_config(config, overrides)
+        cfg = _build_config(config, fields)
         from hafrm.training.recipe import train as run_train
 
         result = run_train(cfg)
@@ -108,6 +123,19 @@ def train(
         f"trained on {result.train_pairs} pairs in {result.seconds:.0f} s ({result.precision}); "
         f"model and metrics.json in {result.output_dir}"
     )
+
+
+_CONFIG_OPTION = typer.Option("--config", help="YAML file of HafConfig fields; the flags given override it.")
+_HINTS = typing.get_type_hints(HafConfig)
+_train.__signature__ = inspect.Signature(
+    [
+        inspect.Parameter(
+            "config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Path | None, _CONFIG_OPTION]
+        ),
+        *(_train_option(f, _HINTS[f.name]) for f in dataclasses.fields(HafConfig)),
+    ]
+)
+train = app.command("train")(_train)
 
 
 @app.command("eval")
@@ -272,13 +300,9 @@ app.add_typer(data_app, name="data")
 
 
 def _data_options(data_format, data_map, pku_label, pku_safety_filter, on_error="raise"):
-    from hafrm.data.formats import PKU_LABELS, DataOptions, parse_mapping
-
-    if pku_label not in PKU_LABELS:
-        raise HafError(f"unknown pku_label {pku_label!r}; accepted: {', '.join(PKU_LABELS)}")
-    return DataOptions(
-        format=data_format,
-        mapping=parse_mapping(data_map or []),
+    return read_options(
+        data_format=data_format,
+        data_map=data_map or [],
         on_error=on_error,
         pku_label=pku_label,
         pku_safety_filter=pku_safety_filter,

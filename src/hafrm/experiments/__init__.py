@@ -7,11 +7,11 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hafrm.experiments.analysis import analyse
-from hafrm.experiments.runner import RunSummary, load_candidates, load_cells, plan_cells, run_experiment
-from hafrm.experiments.spec import ExperimentSpec, load_experiment, parse_experiment
+from hafrm.experiments.runner import RunSummary, load_candidates, load_cells, run_experiment
+from hafrm.experiments.spec import ExperimentSpec, load_experiment, parse_experiment, plan_cells
 
 __all__ = [
     "ExperimentSpec",
@@ -35,9 +35,12 @@ def write_results(spec: ExperimentSpec, out: Path, extra: dict[str, Any] | None 
     return results
 
 
-def run_and_report(
-    spec: ExperimentSpec, out: Path, log_line: Callable[[str], None] = print
-) -> tuple[RunSummary, dict[str, Any]]:
+class RunReport(NamedTuple):
+    run: RunSummary  # the cells run now, reused and failed
+    results: dict[str, Any]  # what results.json holds
+
+
+def run_and_report(spec: ExperimentSpec, out: Path, log_line: Callable[[str], None] = print) -> RunReport:
     """Run every unfinished cell, then write the results and the report (also when cells failed)."""
     start = time.time()
     run = run_experiment(spec, out, log_line)
@@ -51,4 +54,4 @@ def run_and_report(
             "seconds_this_run": time.time() - start,
         }
     }
-    return run, write_results(spec, out, extra)
+    return RunReport(run=run, results=write_results(spec, out, extra))

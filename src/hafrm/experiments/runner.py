@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -33,55 +33,21 @@ from hafrm.data.inspect import pair_record
 from hafrm.data.io import cap, load_source, split_by_prompt
 from hafrm.data.types import PreferencePair
 from hafrm.errors import DataError, HafError
+from hafrm.evaluation.bon import BonSpec, load_or_generate
 from hafrm.evaluation.evaluate import EvalResult
-from hafrm.experiments.spec import MIXED, NOT_SHARED, DatasetSpec, ExperimentSpec
+from hafrm.evaluation.scoring import load as load_reward_model
+from hafrm.experiments.spec import MIXED, NOT_SHARED, Cell, DatasetSpec, ExperimentSpec, cell_config, plan_cells
 from hafrm.training.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 # Bump when a cell's training or evaluation computes differently for the same config and data,
 # so that finished cells made by older code are not reused (2: bf16 training references).
 CELL_VERSION = "2"
+# HafConfig fields left out of a cell's fingerprint: the paths under the output folder (their
+# bytes are hashed instead), and speed only (the cached path equals the full forward, checked each run).
+UNHASHED_PATHS = ("output_dir", "data", "eval_data")
+SPEED_ONLY = ("prefix_cache_mib",)
 HEAD_KEYS = {"reward": ("reward_chosen", "reward_rejected"), "implicit": ("implicit_chosen", "implicit_rejected")}
-
-
-@dataclass
-class Cell:
-    method: str  # a key of spec.methods, or "hybrid@alpha=..." for the alpha sweep
-    train: str  # a dataset name, or "mixed"
-    seed: int
-    overrides: dict[str, Any] = field(default_factory=dict)  # on top of the method's fields
-    kind: str = "main"  # main | mixed | sweep
-    base_method: str = ""  # the spec method whose fields it starts from
-
-    @property
-    def id(self) -> str:
-        return f"{self.method}--{self.train}--s{self.seed}"
-
-
-def plan_cells(spec: ExperimentSpec) -> list[Cell]:
-    """Every cell of the experiment, in the order they run (seed-major: the first seed of every
-    method and dataset comes first, so an interrupted run already holds a complete grid)."""
-    cells = []
-    for seed in spec.seeds:
-        for ds in spec.datasets:
-            cells += [Cell(m, ds, seed, base_method=m) for m in spec.methods]
-        if spec.mixed and len(spec.datasets) > 1:
-            cells += [Cell(m, MIXED, seed, kind="mixed", base_method=m) for m in spec.methods]
-    sweep = spec.alpha_sweep
-    if sweep is not None:
-        base = "hybrid" if "hybrid" in spec.methods else None
-        base_alpha = spec.cell_config(base, 0).alpha if base else None
-        for seed in sweep.seeds or spec.seeds:
-            for alpha in sweep.alphas:
-                if base and alpha == base_alpha and seed in spec.seeds:
-                    continue  # that cell is the main hybrid cell; the analysis reads it from there
-                name = f"hybrid@alpha={alpha:g}"
-                cells.append(Cell(name, sweep.dataset, seed, {"mode": "hybrid", "alpha": alpha}, "sweep", base or ""))
-            for schedule in sweep.schedules:
-                name = f"hybrid@schedule={schedule}"
-                overrides = {"mode": "hybrid", "alpha_schedule": schedule}
-                cells.append(Cell(name, sweep.dataset, seed, overrides, "sweep", base or ""))
-    return cells
 
 
 # data -----------------------------------------------------------------------------------------
@@ -166,28 +132,28 @@ def _file_hash(paths: list[Path]) -> str:
 
 
 # cells ----------------------------------------------------------------------------------------
-def _cell_config(spec: ExperimentSpec, cell: Cell, **values: Any) -> HafConfig:
-    fields = {**spec.methods.get(cell.base_method, {}), **cell.overrides}
-    return HafConfig.from_dict(
-        {**spec.train, **fields, "seed": cell.seed, **values}, source=f"{spec.source}: cell {cell.id}"
-    )
-
-
 def _sets(spec: ExperimentSpec, cell: Cell, name: str) -> bool:
     """Whether the experiment file sets this HafConfig field for the cell (in `train:` or its method)."""
     return name in spec.train or name in spec.methods.get(cell.base_method, {}) or name in cell.overrides
 
 
-def _cell_setup(spec: ExperimentSpec, cell: Cell, out: Path) -> tuple[HafConfig, list[str], str]:
+@dataclass(frozen=True, kw_only=True)
+class CellSetup:
+    config: HafConfig  # what the cell trains with
+    other_tests: list[str]  # the test splits of the datasets it does not train on
+    fingerprint: str  # of its config, the code version and the data: a finished cell with it is reused
+
+
+def cell_setup(spec: ExperimentSpec, cell: Cell, out: Path) -> CellSetup:
     data_dir = out / "data"
     names = list(spec.datasets) if cell.train == MIXED else [cell.train]
     train_files = [data_dir / f"{n}.{'mixed' if cell.train == MIXED else 'train'}.jsonl" for n in names]
     own_tests = [data_dir / f"{n}.test.jsonl" for n in names]
     n_train = sum(sum(1 for _ in f.open()) for f in train_files)
-    cfg0 = _cell_config(spec, cell)
+    cfg0 = cell_config(spec, cell)
     per_step = cfg0.per_device_train_batch_size * cfg0.gradient_accumulation_steps
     steps = cfg0.max_steps if cfg0.max_steps > 0 else max(1, int(math.ceil(n_train / per_step) * cfg0.num_train_epochs))
-    cfg = _cell_config(
+    cfg = cell_config(
         spec,
         cell,
         data=[str(f) for f in train_files],
@@ -200,9 +166,8 @@ def _cell_setup(spec: ExperimentSpec, cell: Cell, out: Path) -> tuple[HafConfig,
     )
     other_tests = [str(data_dir / f"{n}.test.jsonl") for n in spec.datasets if n not in names]
     config = cfg.to_dict()
-    for key in ("output_dir", "data", "eval_data"):  # paths under the output folder; their bytes are hashed
+    for key in (*UNHASHED_PATHS, *SPEED_ONLY):
         config.pop(key)
-    config.pop("prefix_cache_mib")  # speed only: the cached path equals the full forward (checked each run)
     if config["group_by_length"]:  # cells finished before the option existed were length-grouped
         config.pop("group_by_length")
     for key in NOT_SHARED:  # read options of the split files, whose bytes are hashed
@@ -219,7 +184,7 @@ def _cell_setup(spec: ExperimentSpec, cell: Cell, out: Path) -> tuple[HafConfig,
         + _file_hash([Path(p) for p in spec.external.values() if Path(p).is_file()])
     )
     fingerprint = hashlib.blake2b(seen.encode(), digest_size=12).hexdigest()
-    return cfg, other_tests, fingerprint
+    return CellSetup(config=cfg, other_tests=other_tests, fingerprint=fingerprint)
 
 
 def _scores(result: EvalResult, dataset_of: Callable[[int], str]) -> dict[str, dict[str, Any]]:
@@ -239,8 +204,6 @@ def _scores(result: EvalResult, dataset_of: Callable[[int], str]) -> dict[str, d
 
 def bon_candidates(spec: ExperimentSpec, out: Path, log_line: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """The Best-of-N candidates every cell scores (sampled once, kept in `out/bon/`)."""
-    from hafrm.evaluation.bon import BonSpec, load_or_generate
-
     if not spec.bon:
         return []
     # prompts from the held-out side of the experiment's own split: never a training prompt
@@ -267,13 +230,13 @@ def _judge_key(judge: Path, candidates: list[dict[str, Any]]) -> str:
 def judge_scores(judge: Path, candidates: list[dict[str, Any]], out: Path, log_line=print) -> list[float]:
     """The judge model's score of every candidate, kept in `out/judge.json` (rescored when the
     candidates or the judge's folder change)."""
-    from hafrm.evaluation.scoring import load
-
     key = _judge_key(judge, candidates)
     path = out / "judge.json"
     if path.is_file() and json.loads(path.read_text()).get("key") == key:
         return json.loads(path.read_text())["scores"]
-    scores = load(judge).score_batch([c["prompt"] for c in candidates], [c["response"] for c in candidates])
+    scores = load_reward_model(judge).score_batch(
+        [c["prompt"] for c in candidates], [c["response"] for c in candidates]
+    )
     path.write_text(json.dumps({"judge": str(judge), "key": key, "scores": scores}) + "\n")
     log_line(f"judge {judge} scored {len(candidates)} candidates")
     return scores
@@ -375,28 +338,28 @@ def run_experiment(spec: ExperimentSpec, out: Path, log_line: Callable[[str], No
     seconds: list[float] = []  # of the cells run now, for the time left
     for n, cell in enumerate(cells, 1):
         try:
-            cfg, other_tests, fingerprint = _cell_setup(spec, cell, out)
+            setup = cell_setup(spec, cell, out)
         except HafError as e:
             run.failed[cell.id] = str(e).splitlines()[0]
             log_line(f"  {cell.id} cannot start: {run.failed[cell.id]}")
             continue
         cell_dir = out / "cells" / cell.id
         done = cell_dir / "cell.json"
-        if done.is_file() and json.loads(done.read_text()).get("fingerprint") == fingerprint:
+        if done.is_file() and json.loads(done.read_text()).get("fingerprint") == setup.fingerprint:
             run.reused.append(cell.id)
             continue
         shutil.rmtree(cell_dir, ignore_errors=True)
         cell_dir.mkdir(parents=True)
         log_line(f"[{n}/{len(cells)}] {cell.id}")
         try:
-            record = run_cell(spec, cell, out, cfg, other_tests, candidates)
+            record = run_cell(spec, cell, out, setup.config, setup.other_tests, candidates)
         except (HafError, RuntimeError, ValueError, OSError) as e:
             (cell_dir / "error.txt").write_text(traceback.format_exc())
             run.failed[cell.id] = f"{type(e).__name__}: {e}".splitlines()[0]
             log_line(f"  failed: {run.failed[cell.id]}")
             continue
-        record["fingerprint"] = fingerprint
-        record["config"] = cfg.to_dict()
+        record["fingerprint"] = setup.fingerprint
+        record["config"] = setup.config.to_dict()
         tmp = done.with_suffix(".tmp")
         tmp.write_text(json.dumps(record) + "\n")
         tmp.replace(done)  # atomic: a killed run never leaves a half-written cell
@@ -409,17 +372,22 @@ def run_experiment(spec: ExperimentSpec, out: Path, log_line: Callable[[str], No
     return run
 
 
-def load_cells(out: Path, spec: ExperimentSpec | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+class FinishedCells(NamedTuple):
+    cells: list[dict[str, Any]]  # the cell.json records that count
+    stale: list[str]  # ids of those left out: their config or data changed
+
+
+def load_cells(out: Path, spec: ExperimentSpec | None = None) -> FinishedCells:
     """The finished cells of an experiment folder, and the ids of those left out: with `spec`,
     only cells of its plan whose config and data are unchanged count (stale ones are listed)."""
     cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*/cell.json"))]
     if spec is None:
-        return cells, []
+        return FinishedCells(cells=cells, stale=[])
     current = {}
     for cell in plan_cells(spec):
         try:
-            current[cell.id] = _cell_setup(spec, cell, out)[2]
+            current[cell.id] = cell_setup(spec, cell, out).fingerprint
         except (HafError, OSError):
             continue
     keep = [c for c in cells if current.get(c["cell"]["id"]) == c.get("fingerprint")]
-    return keep, sorted(c["cell"]["id"] for c in cells if c not in keep)
+    return FinishedCells(cells=keep, stale=sorted(c["cell"]["id"] for c in cells if c not in keep))

@@ -24,18 +24,21 @@ from typing import Any
 
 import yaml
 
-from hafrm.config import ALPHA_SCHEDULES, MODES, HafConfig
+from hafrm.config import ALPHA_SCHEDULES, MODES, HafConfig, read_options
 from hafrm.errors import ConfigError
+from hafrm.evaluation.bon import BonSpec
 
-# HafConfig fields a cell sets itself: every cell reads its split files and keeps its last step.
-CELL_FIELDS = ("data", "eval_data", "seed", "output_dir", "select_by", "eval_steps", "save_steps", "resume")
-# Per-dataset read options (HafConfig's data fields): set on a dataset, never in train or a method.
-DATA_OPTIONS = ("data_format", "data_map", "on_error", "pku_label", "pku_safety_filter")
-NOT_SHARED = (*DATA_OPTIONS, "max_pairs_per_source", "builtin_pairs", "eval_fraction")
+# HafConfig fields a cell sets itself (the `cell` ones): every cell reads its split files and keeps its last step.
+CELL_FIELDS = HafConfig.fields_in(cell=True)
+# How each dataset is read (HafConfig's `source` fields): set on a dataset, never in train or a
+# method; a dataset's `max_pairs` stands for max_pairs_per_source.
+DATA_OPTIONS = tuple(name for name in HafConfig.fields_in(source=True) if name != "max_pairs_per_source")
+# Nor, there, how much data is read and held out: a dataset's max_pairs and the test_fraction say that.
+NOT_SHARED = (*HafConfig.fields_in(source=True), "builtin_pairs", "eval_fraction")
 MIXED = "mixed"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DatasetSpec:
     name: str
     data: list[str]  # sources, as `hafrm train --data`
@@ -44,7 +47,7 @@ class DatasetSpec:
     max_pairs: int | None = None  # cap on the pairs read, before the split (a seeded sample)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AlphaSweep:
     dataset: str
     alphas: list[float]
@@ -52,7 +55,7 @@ class AlphaSweep:
     schedules: list[str] = field(default_factory=list)  # alpha schedules tried against the constant one
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExperimentSpec:
     name: str
     datasets: dict[str, DatasetSpec]
@@ -81,6 +84,60 @@ class ExperimentSpec:
             return HafConfig.from_dict(values, source=where)
         except ConfigError as e:
             raise ConfigError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+
+
+@dataclass(kw_only=True)
+class Cell:
+    """One training run of an experiment."""
+
+    method: str  # a key of spec.methods, or "hybrid@alpha=..." for the alpha sweep
+    train: str  # a dataset name, or "mixed"
+    seed: int
+    overrides: dict[str, Any] = field(default_factory=dict)  # on top of the method's fields
+    kind: str = "main"  # main | mixed | sweep
+    base_method: str = ""  # the spec method whose fields it starts from
+
+    @property
+    def id(self) -> str:
+        return f"{self.method}--{self.train}--s{self.seed}"
+
+
+def plan_cells(spec: ExperimentSpec) -> list[Cell]:
+    """Every cell of the experiment, in the order they run (seed-major: the first seed of every
+    method and dataset comes first, so an interrupted run already holds a complete grid)."""
+    cells = []
+    for seed in spec.seeds:
+        for ds in spec.datasets:
+            cells += [Cell(method=m, train=ds, seed=seed, base_method=m) for m in spec.methods]
+        if spec.mixed and len(spec.datasets) > 1:
+            cells += [Cell(method=m, train=MIXED, seed=seed, kind="mixed", base_method=m) for m in spec.methods]
+    sweep = spec.alpha_sweep
+    if sweep is not None:
+        base = "hybrid" if "hybrid" in spec.methods else None
+        base_alpha = spec.cell_config(base, 0).alpha if base else None
+        for seed in sweep.seeds or spec.seeds:
+            for alpha in sweep.alphas:
+                if base and alpha == base_alpha and seed in spec.seeds:
+                    continue  # that cell is the main hybrid cell; the analysis reads it from there
+                overrides = {"mode": "hybrid", "alpha": alpha}
+                cells.append(_sweep_cell(f"hybrid@alpha={alpha:g}", sweep, seed, overrides, base))
+            for schedule in sweep.schedules:
+                overrides = {"mode": "hybrid", "alpha_schedule": schedule}
+                cells.append(_sweep_cell(f"hybrid@schedule={schedule}", sweep, seed, overrides, base))
+    return cells
+
+
+def _sweep_cell(name: str, sweep: AlphaSweep, seed: int, overrides: dict[str, Any], base: str | None) -> Cell:
+    return Cell(method=name, train=sweep.dataset, seed=seed, overrides=overrides, kind="sweep", base_method=base or "")
+
+
+def cell_config(spec: ExperimentSpec, cell: Cell, **values: Any) -> HafConfig:
+    """The HafConfig of a cell: the shared `train` fields, its method's, its own overrides and
+    seed, then `values` (what the runner sets: data files, output folder, ...)."""
+    fields = {**spec.methods.get(cell.base_method, {}), **cell.overrides}
+    return HafConfig.from_dict(
+        {**spec.train, **fields, "seed": cell.seed, **values}, source=f"{spec.source}: cell {cell.id}"
+    )
 
 
 DEFAULT_METHODS = {name: {"mode": name} for name in ("reward", "dpo", "hybrid")}
@@ -137,7 +194,13 @@ def _datasets(raw: Any, where: str) -> dict[str, DatasetSpec]:
                 f"dataset {name!r}: unknown field(s) {unknown}; accepted: data, group, max_pairs, "
                 f"{', '.join(DATA_OPTIONS)}",
             )
-        out[str(name)] = DatasetSpec(str(name), [data] if isinstance(data, str) else list(data), group, body, max_pairs)
+        out[str(name)] = DatasetSpec(
+            name=str(name),
+            data=[data] if isinstance(data, str) else list(data),
+            group=group,
+            options=body,
+            max_pairs=max_pairs,
+        )
     return out
 
 
@@ -149,36 +212,42 @@ def parse_experiment(values: dict[str, Any], source: str = "experiment") -> Expe
     if unknown:
         raise _fail(source, f"unknown field(s) {unknown}; accepted: {sorted(_TOP)}")
     v = dict(values)
+    datasets = _datasets(v.pop("datasets", None), source)
+    methods = _methods(v.pop("methods", None), source)
     spec = ExperimentSpec(
         name=str(v.pop("name", Path(source).stem)),
-        datasets=_datasets(v.pop("datasets", None), source),
-        methods=_methods(v.pop("methods", None), source),
+        datasets=datasets,
+        methods=methods,
+        alpha_sweep=_alpha_sweep(v.pop("alpha_sweep", None), datasets, source),
         source=source,
+        **v,
     )
-    sweep = v.pop("alpha_sweep", None)
-    for key, value in v.items():
-        setattr(spec, key, value)
-    if sweep is not None:
-        if not isinstance(sweep, dict) or "dataset" not in sweep or "alphas" not in sweep:
-            raise _fail(source, "alpha_sweep needs dataset and alphas")
-        unknown = sorted(set(sweep) - {"dataset", "alphas", "seeds", "schedules"})
-        if unknown:
-            raise _fail(source, f"alpha_sweep: unknown field(s) {unknown}; accepted: dataset, alphas, seeds, schedules")
-        if not isinstance(sweep["alphas"], list) or not all(isinstance(a, int | float) for a in sweep["alphas"]):
-            raise _fail(source, f"alpha_sweep.alphas must be a list of numbers, got {sweep['alphas']!r}")
-        spec.alpha_sweep = AlphaSweep(
-            str(sweep["dataset"]),
-            [float(a) for a in sweep["alphas"]],
-            sweep.get("seeds"),
-            list(sweep.get("schedules", [])),
-        )
-        bad = [s for s in spec.alpha_sweep.schedules if s not in ALPHA_SCHEDULES]
-        if bad:
-            raise _fail(source, f"alpha_sweep.schedules: {bad} unknown; accepted: {', '.join(ALPHA_SCHEDULES)}")
-        if spec.alpha_sweep.dataset not in spec.datasets:
-            raise _fail(source, f"alpha_sweep.dataset {spec.alpha_sweep.dataset!r} is not among the datasets")
     _validate(spec)
     return spec
+
+
+def _alpha_sweep(sweep: Any, datasets: dict[str, DatasetSpec], source: str) -> AlphaSweep | None:
+    if sweep is None:
+        return None
+    if not isinstance(sweep, dict) or "dataset" not in sweep or "alphas" not in sweep:
+        raise _fail(source, "alpha_sweep needs dataset and alphas")
+    unknown = sorted(set(sweep) - {"dataset", "alphas", "seeds", "schedules"})
+    if unknown:
+        raise _fail(source, f"alpha_sweep: unknown field(s) {unknown}; accepted: dataset, alphas, seeds, schedules")
+    if not isinstance(sweep["alphas"], list) or not all(isinstance(a, int | float) for a in sweep["alphas"]):
+        raise _fail(source, f"alpha_sweep.alphas must be a list of numbers, got {sweep['alphas']!r}")
+    parsed = AlphaSweep(
+        dataset=str(sweep["dataset"]),
+        alphas=[float(a) for a in sweep["alphas"]],
+        seeds=sweep.get("seeds"),
+        schedules=list(sweep.get("schedules", [])),
+    )
+    bad = [s for s in parsed.schedules if s not in ALPHA_SCHEDULES]
+    if bad:
+        raise _fail(source, f"alpha_sweep.schedules: {bad} unknown; accepted: {', '.join(ALPHA_SCHEDULES)}")
+    if parsed.dataset not in datasets:
+        raise _fail(source, f"alpha_sweep.dataset {parsed.dataset!r} is not among the datasets")
+    return parsed
 
 
 def _validate(spec: ExperimentSpec) -> None:
@@ -215,21 +284,17 @@ def _validate_configs(spec: ExperimentSpec) -> None:
         spec.cell_config(method, spec.seeds[0])
     for name, ds in spec.datasets.items():  # every dataset's read options must build
         try:
-            HafConfig.from_dict({**ds.options, "max_pairs_per_source": ds.max_pairs}, source=f"dataset {name!r}")
+            read_options(**ds.options, max_pairs_per_source=ds.max_pairs)
         except ConfigError as e:
             raise _fail(where, f"dataset {name!r}: {e}") from None
-    from hafrm.experiments.runner import _cell_config, plan_cells
-
     for cell in plan_cells(spec):
         try:
-            _cell_config(spec, cell)
+            cell_config(spec, cell)
         except ConfigError as e:
             raise _fail(where, f"cell {cell.id}: {e}") from None
 
 
 def _validate_bon(spec: ExperimentSpec) -> None:
-    from hafrm.evaluation.bon import BonSpec
-
     if spec.bon is None:
         return
     if not isinstance(spec.bon, dict):
