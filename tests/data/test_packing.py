@@ -6,7 +6,7 @@ import torch
 from hafrm.config import HafConfig
 from hafrm.data.tokenize import PairCollator, PairTokenizer, pack_rows, pair_features
 from hafrm.modeling.hybrid import HybridRewardModel
-from hafrm.objectives.haf import HybridObjective
+from hafrm.objectives.haf import HybridObjective, step_metrics
 from helpers import make_pairs, tiny_backbone
 
 
@@ -44,7 +44,7 @@ def test_packed_equals_padded_losses_and_gradients(arch, attn, pack_length, toke
     packed, g_pack = run(PairCollator(tokenizer.pad_token_id, pack_length=pack_length))
     assert torch.allclose(packed.loss, padded.loss, atol=1e-5)
     for name in ("loss/bt", "loss/policy", "logps/chosen", "logps/rejected", "reward_head/chosen"):
-        assert packed.metrics[name] == pytest.approx(padded.metrics[name], abs=1e-4), name
+        assert step_metrics(packed)[name] == pytest.approx(step_metrics(padded)[name], abs=1e-4), name
     assert g_pad.keys() == g_pack.keys()
     for name, g in g_pad.items():
         assert (g_pack[name] - g).abs().max() < 1e-4, name

@@ -1,5 +1,6 @@
 """Loss values worked out by hand (log sigmoid(x) = -log(1 + e^-x))."""
 
+import inspect
 import math
 
 import pytest
@@ -8,10 +9,15 @@ import torch
 from hafrm.objectives.losses import (
     POLICY_LOSSES,
     PolicyLogps,
+    PolicyLossOutput,
+    PolicyLossSpec,
+    ResponseLogps,
     bradley_terry_loss,
+    build_implicit_reward,
     build_policy_loss,
     hinge_loss,
     ipo_loss,
+    mean_logp_reward,
     reward_centering_loss,
     sft_loss,
     sigmoid_loss,
@@ -71,7 +77,7 @@ def test_hinge_by_hand():
 
 def test_simpo_by_hand_is_reference_free():
     lp = LP._replace(ref_chosen=None, ref_rejected=None)
-    out = simpo_loss(lp, beta=2.0, gamma=0.5)
+    out = simpo_loss(lp, beta=2.0, simpo_gamma=0.5)
     # pair 0: 2*(-10/5) - 2*(-12/4) = -4 + 6 = 2 -> -logsigmoid(2 - 0.5)
     # pair 1: 2*(-20/10) - 2*(-15/3) = -4 + 10 = 6 -> -logsigmoid(6 - 0.5)
     assert torch.allclose(out.losses, t(softplus(-1.5), softplus(-5.5)), atol=1e-6)
@@ -90,20 +96,71 @@ def test_reference_losses_refuse_missing_reference():
 def test_registry_marks_reference_needs():
     assert {n for n, s in POLICY_LOSSES.items() if not s.needs_reference} == {"simpo", "sft"}
     assert set(POLICY_LOSSES) == {"sigmoid", "ipo", "hinge", "simpo", "sft"}
-    built = build_policy_loss("sigmoid", beta=0.1, simpo_gamma=0.5)
+    built = build_policy_loss("sigmoid", {"beta": 0.1, "simpo_gamma": 0.5})
     assert torch.allclose(built(LP).losses, sigmoid_loss(LP, 0.1).losses)
 
 
+HYPERPARAMETERS = {"beta": 0.1, "simpo_gamma": 0.5}
+
+
 def test_losses_are_per_example():
-    for name, spec in POLICY_LOSSES.items():
-        out = spec.build(0.1, 0.5)(LP)
+    for name in POLICY_LOSSES:
+        out = build_policy_loss(name, HYPERPARAMETERS)(LP)
         assert out.losses.shape == (2,), name
 
 
 def test_registry_implicit_rewards_match_the_losses():
     lp = LP
     for name, spec in POLICY_LOSSES.items():
-        out = spec.build(0.1, 0.5)(lp)
+        out = build_policy_loss(name, HYPERPARAMETERS)(lp)
         ref = lp.ref_chosen if spec.needs_reference else None
-        assert torch.allclose(spec.implicit(lp.chosen, ref, lp.chosen_len, 0.1), out.chosen_rewards), name
-    assert torch.allclose(POLICY_LOSSES["sft"].implicit(t(-10.0), None, t(5.0), 0.1), t(-2.0))  # mean logp
+        reward = build_implicit_reward(name, HYPERPARAMETERS)
+        assert torch.allclose(reward(ResponseLogps(lp.chosen, ref, lp.chosen_len)), out.chosen_rewards), name
+    sft_reward = build_implicit_reward("sft", HYPERPARAMETERS)
+    assert torch.allclose(sft_reward(ResponseLogps(t(-10.0), None, t(5.0))), t(-2.0))  # mean logp
+
+
+def _keywords(fn) -> set[str]:
+    return set(list(inspect.signature(fn).parameters)[1:])  # all but the log-probs
+
+
+def test_declared_params_are_exactly_what_each_loss_and_reward_receive():
+    for name, spec in POLICY_LOSSES.items():
+        assert _keywords(spec.fn) == set(spec.params), name
+        assert _keywords(spec.implicit_reward) == set(spec.reward_params), name
+        assert set(spec.reward_params) <= set(spec.params), name
+        assert build_policy_loss(name, HYPERPARAMETERS).keywords == {p: HYPERPARAMETERS[p] for p in spec.params}
+    assert build_policy_loss("sft", HYPERPARAMETERS).keywords == {}  # SFT takes no hyperparameter
+
+
+def test_losses_build_from_a_config_as_from_a_mapping():
+    from hafrm.config import HafConfig
+
+    cfg = HafConfig(loss="simpo", beta=2.0, simpo_gamma=0.5)
+    assert build_policy_loss("simpo", cfg).keywords == {"beta": 2.0, "simpo_gamma": 0.5}
+    lp = LP._replace(ref_chosen=None, ref_rejected=None)
+    from_cfg, from_map = build_policy_loss("simpo", cfg)(lp), build_policy_loss("simpo", cfg.to_dict())(lp)
+    assert torch.equal(from_cfg.losses, simpo_loss(lp, beta=2.0, simpo_gamma=0.5).losses)
+    assert torch.equal(from_cfg.losses, from_map.losses)
+
+
+def _scaled_sft(lp: PolicyLogps, toy_scale: float) -> PolicyLossOutput:
+    out = sft_loss(lp)
+    return PolicyLossOutput(toy_scale * out.losses, out.chosen_rewards, out.rejected_rewards)
+
+
+def test_a_new_loss_with_a_new_hyperparameter_is_one_registry_entry(monkeypatch):
+    spec = PolicyLossSpec(fn=_scaled_sft, params=("toy_scale",), implicit_reward=mean_logp_reward,
+                          reward_params=(), needs_reference=False, help="toy")  # fmt: skip
+    monkeypatch.setitem(POLICY_LOSSES, "toy", spec)
+    out = build_policy_loss("toy", {"toy_scale": 3.0, "beta": 0.1})  # only the declared one is passed
+    assert torch.allclose(out(LP).losses, t(6.0, 6.0))  # 3 * mean chosen NLL (2, 2)
+    reward = build_implicit_reward("toy", {"toy_scale": 3.0})
+    assert torch.allclose(reward(LP.chosen_side()), t(-2.0, -2.0))
+    with pytest.raises(KeyError, match="toy_scale"):
+        build_policy_loss("toy", {"beta": 0.1})  # a declared hyperparameter must be given
+
+
+def test_policy_loss_spec_is_keyword_only():
+    with pytest.raises(TypeError):
+        PolicyLossSpec(sft_loss, (), mean_logp_reward, (), False, "sft")  # type: ignore[misc]

@@ -1,13 +1,17 @@
 """The hybrid objective: mode weighting, metrics, and accumulation invariance through the Trainer."""
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 
 from hafrm.config import HafConfig
 from hafrm.data.tokenize import PairCollator, PairTokenizer, pair_dataset, pair_features
 from hafrm.modeling.hybrid import HybridRewardModel
-from hafrm.objectives.haf import HybridObjective, accuracy
-from hafrm.objectives.losses import PolicyLogps, bradley_terry_loss, sigmoid_loss
+from hafrm.objectives.accuracy import accuracy
+from hafrm.objectives.haf import HybridObjective, LossParts, PairScores, policy_weight, step_metrics
+from hafrm.objectives.losses import POLICY_LOSSES, PolicyLogps, bradley_terry_loss, sigmoid_loss
 from hafrm.training.reference import compute_logps
 from helpers import make_pairs, tiny_backbone
 
@@ -65,18 +69,21 @@ def test_alpha_schedule_weights_the_policy_loss(setup, schedule, progress, w_pol
         step = HybridObjective(cfg)(model, batch, progress=progress)
     bt, pol = _by_hand(model, batch, 0.1)
     assert torch.allclose(step.losses, bt + w_pol * pol, atol=1e-6)
-    assert step.metrics["alpha"] == pytest.approx(w_pol)
+    assert step_metrics(step)["alpha"] == pytest.approx(w_pol)
+    assert step.alpha == policy_weight(cfg, progress) == pytest.approx(w_pol)
 
 
 def test_reward_mode_skips_the_lm_head(setup):
     model, batch = setup
     step = HybridObjective(HafConfig(mode="reward"))(model, batch)
-    assert step.scores.implicit_chosen is None and "loss/policy" not in step.metrics
+    assert step.scores.implicit_chosen is None and "loss/policy" not in step_metrics(step)
+    assert step.policy is None and step.alpha is None
 
 
 def test_metrics_use_trl_names(setup):
     model, batch = setup
     step = HybridObjective(HafConfig())(model, batch)
+    metrics = step_metrics(step)
     for key in (
         "rewards/chosen",
         "rewards/rejected",
@@ -88,9 +95,9 @@ def test_metrics_use_trl_names(setup):
         "implicit/accuracy",
         "loss/bt",
     ):
-        assert key in step.metrics, key
+        assert key in metrics, key
     acc = accuracy(step.scores.reward_chosen, step.scores.reward_rejected).mean().item()
-    assert step.metrics["reward_head/accuracy"] == pytest.approx(acc)
+    assert metrics["reward_head/accuracy"] == pytest.approx(acc)
 
 
 def test_policy_without_reference_is_an_error(setup):
@@ -99,11 +106,57 @@ def test_policy_without_reference_is_an_error(setup):
     with pytest.raises(ValueError, match="reference"):
         HybridObjective(HafConfig(loss="sigmoid"))(model, batch)
     step = HybridObjective(HafConfig(loss="simpo"))(model, batch)  # reference-free works
-    assert "loss/policy" in step.metrics
+    assert "loss/policy" in step_metrics(step)
 
 
 def test_accuracy_counts_ties_as_half():
     assert accuracy(torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 0.0, 3.0])).tolist() == [1.0, 0.5, 0.0]
+
+
+def test_accuracy_is_one_rule_for_tensors_arrays_and_numbers():
+    got = accuracy(torch.tensor([3.0, -1.0, 2.0, 2.0]), torch.tensor([1.0, -1.0, 5.0, 2.0]))
+    assert got.dtype == torch.float32 and got.tolist() == [1.0, 0.5, 0.0, 0.5]
+    assert got.mean().item() == 0.5  # (1 + 0.5 + 0 + 0.5) / 4
+    assert accuracy(np.array([0.2, 0.0, -0.0, -3.0]), 0.0).tolist() == [1.0, 0.5, 0.5, 0.0]  # -0.0 ties 0.0
+    for c, r, want in ((2.0, 1.0, 1.0), (1.5, 1.5, 0.5), (-1.0, 0.0, 0.0), (7, 7, 0.5), (3, 4, 0.0)):
+        got = accuracy(c, r)
+        assert type(got) is float and got == want, (c, r)
+
+
+def test_metrics_are_computed_from_the_loss_parts_in_trl_order(setup):
+    model, batch = setup
+    cfg = HafConfig(center_rewards_coefficient=0.01)
+    step = HybridObjective(cfg)(model, batch, progress=0.5)
+    assert isinstance(step, LossParts) and step.centering is not None and step.policy is not None
+    metrics = step_metrics(step)
+    assert list(metrics) == ["loss/bt", "loss/centering", "alpha", "loss/policy", "rewards/chosen",
+                             "rewards/rejected", "rewards/accuracies", "rewards/margins", "implicit/accuracy",
+                             "logps/chosen", "logps/rejected", "reward_head/chosen", "reward_head/rejected",
+                             "reward_head/accuracy", "reward_head/margin", "loss"]  # fmt: skip
+    assert metrics["loss"] == step.loss.item() and metrics["loss/bt"] == step.bt.mean().item()
+    assert metrics["loss/policy"] == step.policy.mean().item()
+    s = step.scores
+    assert metrics["rewards/accuracies"] == metrics["implicit/accuracy"]
+    assert metrics["rewards/margins"] == (s.implicit_chosen - s.implicit_rejected).mean().item()
+    assert not any(t.requires_grad for t in (step.losses, step.bt, step.centering, step.policy))
+
+
+def test_pair_scores_are_built_once():
+    s = PairScores(reward_chosen=torch.zeros(2), reward_rejected=torch.ones(2))
+    assert s.implicit_chosen is None and s.logps_rejected is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.implicit_chosen = torch.zeros(2)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        PairScores(torch.zeros(2), torch.ones(2))  # type: ignore[misc]
+
+
+def test_a_registered_loss_runs_through_the_objective_unchanged(setup, monkeypatch):
+    model, batch = setup
+    monkeypatch.setitem(POLICY_LOSSES, "toy", dataclasses.replace(POLICY_LOSSES["sigmoid"], help="toy"))
+    with torch.no_grad():
+        toy = HybridObjective(HafConfig(loss="toy", beta=0.3))(model, batch)
+        dpo = HybridObjective(HafConfig(loss="sigmoid", beta=0.3))(model, batch)
+    assert torch.equal(toy.losses, dpo.losses) and torch.equal(toy.policy, dpo.policy)
 
 
 def _one_step(tokenizer, tmp_path, batch_size, accumulation):

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from hafrm.config import GROUPS, HafConfig, field_help, read_options
 from hafrm.errors import HafError
+from hafrm.heads import HEADS
 
 app = typer.Typer(
     add_completion=False,
@@ -162,7 +163,7 @@ def eval_cmd(
     except HafError as e:
         _fail(str(e))
     print_eval_table(metrics, title=f"accuracy of {model_dir}")
-    heads = [h for h in ("reward_head", "implicit") if f"{h}/mean" in metrics]
+    heads = [h for h in HEADS.values() if f"{h}/mean" in metrics]
     console.print(
         "scores: "
         + "; ".join(f"{h} mean {metrics[f'{h}/mean']:.4g}, std {metrics[f'{h}/std']:.4g}" for h in heads)
@@ -524,7 +525,7 @@ def prepare_model(cache_dir: str | None = typer.Option(None, help=H("cache_dir")
 
 def print_eval_table(metrics: dict[str, float], title: str) -> None:
     """Accuracy per head (columns) overall, per tag and then per subset (rows), to stdout."""
-    heads = [h for h in ("reward_head", "implicit") if f"{h}/accuracy" in metrics]
+    heads = [h for h in HEADS.values() if f"{h}/accuracy" in metrics]
     table = Table(title=title, caption="pairwise accuracy; ties count 0.5")
     table.add_column("subset")
     for h in heads:

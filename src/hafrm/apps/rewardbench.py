@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hafrm.heads import HEADS
+
 # RewardBench (allenai/reward-bench, rewardbench/constants.py): subsets per section and the
 # example counts that weight them within a section (math-prm upweighted to equal the code sets).
 REWARDBENCH_SECTIONS = {
@@ -45,7 +47,7 @@ def rewardbench_sections(per_subset: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def section_metrics(metrics: dict[str, float], heads=("reward_head", "implicit")) -> dict[str, float]:
+def section_metrics(metrics: dict[str, float], heads=tuple(HEADS.values())) -> dict[str, float]:
     """`rewardbench/<section>/<head>/accuracy` from a metrics dict's `subset/<name>/<head>/accuracy` keys."""
     out = {}
     for head in heads:

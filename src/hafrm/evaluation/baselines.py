@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from hafrm.data.types import PreferencePair
+from hafrm.objectives.accuracy import accuracy
 
 _WORD = re.compile(r"\w+")
 
@@ -32,8 +33,7 @@ def length_baseline_accuracy(pairs: Sequence[PreferencePair]) -> float:
     """Accuracy of "prefer the longer response" (characters); a tie counts as half right."""
     if not pairs:
         raise ValueError("length_baseline_accuracy needs at least one pair")
-    scores = [np.sign(len(p.chosen) - len(p.rejected)) for p in pairs]
-    return float(np.mean([(s + 1) / 2 for s in scores]))
+    return float(np.mean([accuracy(len(p.chosen), len(p.rejected)) for p in pairs]))
 
 
 def _difference(pair: PreferencePair) -> dict[str, int]:
@@ -107,7 +107,7 @@ def bag_of_words_accuracy(
         w -= lr * (x.t_matmul(p - y) / len(y) + l2 * w)
     scores = _differences(test_pairs, vocab) @ w
     scores[np.abs(scores) < 1e-9] = 0.0  # rounding, not evidence: mirrored pairs cancel exactly
-    return float(np.mean((np.sign(scores) + 1) / 2))
+    return float(np.mean(accuracy(scores, 0.0)))
 
 
 def shortcut_report(train_pairs: Sequence[PreferencePair], test_pairs: Sequence[PreferencePair]) -> ShortcutReport:

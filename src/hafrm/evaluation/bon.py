@@ -27,6 +27,7 @@ import torch
 from hafrm.data import builtin
 from hafrm.data.types import PreferencePair
 from hafrm.errors import HafError
+from hafrm.objectives.accuracy import accuracy
 
 log = logging.getLogger(__name__)
 CANDIDATES = "candidates.jsonl"
@@ -158,7 +159,7 @@ def topk_recall(picked: Sequence[int], judge: Sequence[float], grouped: list[lis
 
 def win_rate(a: Sequence[int], b: Sequence[int], value: Callable[[int], float]) -> float:
     """How often A's pick beats B's by `value` (a tie, e.g. the same pick, counts half)."""
-    wins = [1.0 if value(x) > value(y) else 0.5 if value(x) == value(y) else 0.0 for x, y in zip(a, b, strict=True)]
+    wins = [accuracy(value(x), value(y)) for x, y in zip(a, b, strict=True)]
     return sum(wins) / len(wins)
 
 

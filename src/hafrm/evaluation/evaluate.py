@@ -11,10 +11,10 @@ import torch
 
 from hafrm.config import HafConfig
 from hafrm.data.tokenize import PairCollator, TokenizedPair
+from hafrm.heads import HEADS
 from hafrm.modeling.hybrid import HybridRewardModel
-from hafrm.objectives.haf import HybridObjective, accuracy, mean_metrics
-
-HEADS = {"reward": "reward_head", "implicit": "implicit"}
+from hafrm.objectives.accuracy import accuracy
+from hafrm.objectives.haf import HybridObjective, mean_metrics, step_metrics
 
 
 @dataclass
@@ -50,10 +50,10 @@ def evaluate_pairs(
         idx = order[start : start + cfg.per_device_eval_batch_size]
         batch = collate([features[i] for i in idx])
         with_policy = objective.policy_ready(batch)
-        step = objective(model, batch, with_policy=with_policy)
-        rows.append(step.metrics)
+        parts = objective(model, batch, with_policy=with_policy)
+        rows.append(step_metrics(parts))
         weights.append(len(idx))
-        s = step.scores
+        s = parts.scores
         rw[idx], rl[idx] = s.reward_chosen.float().cpu(), s.reward_rejected.float().cpu()
         if s.implicit_chosen is None:
             have_implicit = False
@@ -79,23 +79,26 @@ def evaluate_pairs(
 def score_stats(result: EvalResult, data: str) -> dict[str, dict[str, Any]]:
     """Per head, the mean and std of its scores over both responses of every pair: the reward
     normalisation statistics (OpenRLHF's `mean` / `std`: sample std, floored at 1e-8)."""
-    heads = {"reward": (result.reward_chosen, result.reward_rejected)}
-    if result.implicit_chosen is not None:
-        heads["implicit"] = (result.implicit_chosen, result.implicit_rejected)
     out = {}
-    for head, (c, r) in heads.items():
+    for head, (c, r) in _head_scores(result).items():
         values = torch.cat([c, r]).double()
         std = values.std().item() if values.numel() > 1 else 0.0
         out[head] = {"mean": values.mean().item(), "std": max(std, 1e-8), "n": values.numel(), "data": data}
     return out
 
 
+def _head_scores(result: EvalResult) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Head name -> (chosen, rejected) scores, for the heads that scored the pairs."""
+    heads = {"reward": (result.reward_chosen, result.reward_rejected)}
+    if result.implicit_chosen is not None:
+        heads["implicit"] = (result.implicit_chosen, result.implicit_rejected)
+    return heads
+
+
 def _add_summary(result: EvalResult, cfg: HafConfig) -> None:
     """Accuracy of each head overall, per tag (`tag/...`) and per subset (`subset/...`), and the
     mode's inference head as plain keys."""
-    heads = {"reward_head": (result.reward_chosen, result.reward_rejected)}
-    if result.implicit_chosen is not None:
-        heads["implicit"] = (result.implicit_chosen, result.implicit_rejected)
+    heads = {HEADS[head]: scores for head, scores in _head_scores(result).items()}  # by metric prefix
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i, (t, sub) in enumerate(zip(result.tags, result.subsets or [""] * len(result.tags), strict=True)):
         groups[("tag", t)].append(i)

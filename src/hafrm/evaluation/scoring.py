@@ -12,12 +12,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hafrm.data.tokenize import PairTokenizer, pad_rows
 from hafrm.errors import HafError
+from hafrm.heads import HEAD_NAMES
 from hafrm.modeling.batching import length_batches
 from hafrm.modeling.hybrid import HAFRM_CONFIG_FILE, REWARD_HEAD_FILE, HybridRewardModel
-from hafrm.objectives.losses import POLICY_LOSSES
+from hafrm.objectives.losses import POLICY_LOSSES, ResponseLogps, build_implicit_reward
 
 Prompt = str | list[dict[str, str]]
-HEAD_NAMES = ("reward", "implicit")
 STATS_KEY = "reward_stats"  # in hafrm_config.json: head -> {"mean", "std", "n", "data"}
 MIN_STD = 1e-6  # a head whose scores spread less than this (an untrained one) cannot be normalised
 
@@ -156,9 +156,10 @@ class RewardModel:
         if head == "reward":
             return self.model(batch["input_ids"], batch["attention_mask"]).rewards
         out = self.model(**batch)
-        spec = POLICY_LOSSES[self.meta.get("loss", "sigmoid")]
-        ref = self._reference_model()(**batch).logps if spec.needs_reference else None
-        return spec.implicit(out.logps, ref, out.response_lengths, self.meta.get("beta", 0.1))
+        loss = self.meta.get("loss", "sigmoid")
+        ref = self._reference_model()(**batch).logps if POLICY_LOSSES[loss].needs_reference else None
+        implicit_reward = build_implicit_reward(loss, {"beta": 0.1} | self.meta)  # folders without beta: 0.1
+        return implicit_reward(ResponseLogps(out.logps, ref, out.response_lengths))
 
     def score(self, prompt: Prompt, response: str, head: str | None = None) -> float:
         return self.score_batch([prompt], [response], head=head)[0]

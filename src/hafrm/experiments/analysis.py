@@ -16,13 +16,14 @@ from typing import Any
 from hafrm.apps.rewardbench import rewardbench_sections
 from hafrm.experiments.runner import HEAD_KEYS
 from hafrm.experiments.spec import MIXED, ExperimentSpec
+from hafrm.objectives.accuracy import accuracy
 
 SELECTION = ("reward", "accuracy", "loss", "margin", "step")
 CALIBRATION_BINS = 10
 
 
 def pair_accuracy(chosen: Sequence[float], rejected: Sequence[float]) -> list[float]:
-    return [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected, strict=True)]
+    return [accuracy(c, r) for c, r in zip(chosen, rejected, strict=True)]
 
 
 def mean(xs: Sequence[float]) -> float:
@@ -233,7 +234,7 @@ def calibration(cells: list[dict[str, Any]]) -> dict[str, Any]:
         for m in margins:
             p = 1 / (1 + math.exp(-max(min(m, 50), -50)))
             conf = max(p, 1 - p)
-            correct = 1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0
+            correct = accuracy(p, 0.5)
             bins[min(int((conf - 0.5) * 2 * CALIBRATION_BINS), CALIBRATION_BINS - 1)].append((conf, correct))
         table = [
             {"confidence": mean([x for x, _ in b]), "accuracy": mean([y for _, y in b]), "pairs": len(b)}

@@ -1,4 +1,7 @@
-"""The hybrid objective: one forward over `[chosen; rejected]`, BT + alpha * policy loss."""
+"""The hybrid objective: one forward over `[chosen; rejected]`, BT + alpha * policy loss.
+
+The objective returns the step's loss parts; `step_metrics` turns them into the logged metrics.
+"""
 
 from __future__ import annotations
 
@@ -8,46 +11,57 @@ import torch
 from torch import Tensor
 
 from hafrm.config import HafConfig, alpha_factor
-from hafrm.modeling.hybrid import HybridRewardModel, model_inputs
+from hafrm.heads import HEADS
+from hafrm.modeling.hybrid import HybridOutput, HybridRewardModel, model_inputs
+from hafrm.objectives.accuracy import accuracy
 from hafrm.objectives.losses import (
     PolicyLogps,
+    PolicyLossOutput,
     bradley_terry_loss,
     build_policy_loss,
     reward_centering_loss,
 )
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class PairScores:
     """Per-pair outputs of one step, detached, for metrics and evaluation."""
 
     reward_chosen: Tensor  # (B,) reward head
     reward_rejected: Tensor
-    implicit_chosen: Tensor | None  # (B,) implicit reward of the policy head, if computed
-    implicit_rejected: Tensor | None
-    logps_chosen: Tensor | None
-    logps_rejected: Tensor | None
+    implicit_chosen: Tensor | None = None  # (B,) implicit reward of the policy head, if computed
+    implicit_rejected: Tensor | None = None
+    logps_chosen: Tensor | None = None
+    logps_rejected: Tensor | None = None
 
 
-@dataclass
-class StepOutput:
+@dataclass(frozen=True, kw_only=True)
+class LossParts:
+    """One step's loss and its per-pair parts (detached, all but `loss`)."""
+
     loss: Tensor  # scalar, mean over pairs, with grad
-    losses: Tensor  # (B,) per-pair total loss, detached
+    losses: Tensor  # (B,) per-pair total loss
+    bt: Tensor  # (B,) Bradley-Terry loss of the reward head
+    centering: Tensor | None = None  # (B,) reward-centering loss, if weighted in
+    policy: Tensor | None = None  # (B,) policy loss, if computed
+    alpha: float | None = None  # the policy loss's weight this step, in modes that weight it by alpha
     scores: PairScores
-    metrics: dict[str, float]
 
 
-def accuracy(chosen: Tensor, rejected: Tensor) -> Tensor:
-    """Per-pair accuracy: 1 if chosen scores higher, 0.5 on a tie, 0 otherwise."""
-    return (chosen > rejected).float() + 0.5 * (chosen == rejected).float()
+def policy_weight(cfg: HafConfig, progress: float | None) -> float:
+    """The weight of the policy loss at `progress` (share of training done; None: outside training)."""
+    weight = cfg.policy_weight
+    if cfg.mode_spec.uses_alpha:
+        weight *= alpha_factor(cfg.alpha_schedule, progress)
+    return weight
 
 
 class HybridObjective:
-    """Computes the configured loss and TRL-named metrics for a collated batch."""
+    """The configured loss of a collated batch, as `LossParts`."""
 
     def __init__(self, cfg: HafConfig):
         self.cfg = cfg
-        self.policy_loss = build_policy_loss(cfg.loss, cfg.beta, cfg.simpo_gamma)
+        self.policy_loss = build_policy_loss(cfg.loss, cfg)
 
     def policy_ready(self, batch: dict[str, Tensor]) -> bool:
         """Whether this batch can produce the policy loss (reference log-probs present if needed)."""
@@ -59,55 +73,93 @@ class HybridObjective:
         batch: dict[str, Tensor],
         with_policy: bool | None = None,
         progress: float | None = None,  # share of training done, for `alpha_schedule`; None: full alpha
-    ) -> StepOutput:
-        cfg = self.cfg
+    ) -> LossParts:
         if with_policy is None:
-            with_policy = cfg.needs_policy
+            with_policy = self.cfg.needs_policy
         if with_policy and not self.policy_ready(batch):
-            raise ValueError(f"loss {cfg.loss!r} needs reference log-probs but the batch has none")
+            raise ValueError(f"loss {self.cfg.loss!r} needs reference log-probs but the batch has none")
         out = model(**model_inputs(batch, with_logps=with_policy))  # padded or packed rows
+        return self.loss_parts(out, batch, with_policy, progress)
+
+    def loss_parts(
+        self, out: HybridOutput, batch: dict[str, Tensor], with_policy: bool, progress: float | None
+    ) -> LossParts:
+        """The loss of one forward over `[chosen; rejected]` (the policy loss only `with_policy`)."""
+        cfg = self.cfg
         B = out.rewards.shape[0] // 2
         r_w, r_l = out.rewards[:B], out.rewards[B:]  # (B,) each
         margin = batch.get("margin") if cfg.use_margin else None
         bt = bradley_terry_loss(r_w, r_l, margin)
         total = cfg.reward_weight * bt
-        metrics: dict[str, float] = {"loss/bt": bt.mean().item()}
+        centering = None
         if cfg.center_rewards_coefficient > 0:
             centering = reward_centering_loss(r_w, r_l)
             total = total + cfg.reward_weight * cfg.center_rewards_coefficient * centering
-            metrics["loss/centering"] = centering.mean().item()
-        scores = PairScores(r_w.detach(), r_l.detach(), None, None, None, None)
+        lp = pol = alpha = None
         if with_policy:
-            lp = PolicyLogps(
-                chosen=out.logps[:B],
-                rejected=out.logps[B:],
-                ref_chosen=batch.get("ref_chosen"),
-                ref_rejected=batch.get("ref_rejected"),
-                chosen_len=out.response_lengths[:B],
-                rejected_len=out.response_lengths[B:],
-            )
+            lp = _policy_logps(out, batch, B)
             pol = self.policy_loss(lp)
-            weight = cfg.policy_weight
+            weight = policy_weight(cfg, progress)
             if cfg.mode_spec.uses_alpha:
-                weight *= alpha_factor(cfg.alpha_schedule, progress)
-                metrics["alpha"] = weight
+                alpha = weight
             if weight > 0:
                 total = total + weight * pol.losses
-            scores.implicit_chosen, scores.implicit_rejected = pol.chosen_rewards, pol.rejected_rewards
-            scores.logps_chosen, scores.logps_rejected = lp.chosen.detach(), lp.rejected.detach()
-            metrics.update(_policy_metrics(pol.losses, scores))
-        metrics.update(_reward_metrics(scores))
-        loss = total.mean()
-        metrics["loss"] = loss.item()
-        return StepOutput(loss=loss, losses=total.detach(), scores=scores, metrics=metrics)
+        return LossParts(
+            loss=total.mean(),
+            losses=total.detach(),
+            bt=bt.detach(),
+            centering=None if centering is None else centering.detach(),
+            policy=None if pol is None else pol.losses.detach(),
+            alpha=alpha,
+            scores=_pair_scores(r_w, r_l, lp, pol),
+        )
+
+
+def _policy_logps(out: HybridOutput, batch: dict[str, Tensor], B: int) -> PolicyLogps:
+    return PolicyLogps(
+        chosen=out.logps[:B],
+        rejected=out.logps[B:],
+        ref_chosen=batch.get("ref_chosen"),
+        ref_rejected=batch.get("ref_rejected"),
+        chosen_len=out.response_lengths[:B],
+        rejected_len=out.response_lengths[B:],
+    )
+
+
+def _pair_scores(r_w: Tensor, r_l: Tensor, lp: PolicyLogps | None, pol: PolicyLossOutput | None) -> PairScores:
+    if lp is None or pol is None:
+        return PairScores(reward_chosen=r_w.detach(), reward_rejected=r_l.detach())
+    return PairScores(
+        reward_chosen=r_w.detach(),
+        reward_rejected=r_l.detach(),
+        implicit_chosen=pol.chosen_rewards,
+        implicit_rejected=pol.rejected_rewards,
+        logps_chosen=lp.chosen.detach(),
+        logps_rejected=lp.rejected.detach(),
+    )
+
+
+def step_metrics(parts: LossParts) -> dict[str, float]:
+    """The logged metrics of one step, under TRL's names where TRL has one."""
+    metrics: dict[str, float] = {"loss/bt": parts.bt.mean().item()}
+    if parts.centering is not None:
+        metrics["loss/centering"] = parts.centering.mean().item()
+    if parts.alpha is not None:
+        metrics["alpha"] = parts.alpha
+    if parts.policy is not None:
+        metrics.update(_policy_metrics(parts.policy, parts.scores))
+    metrics.update(_reward_metrics(parts.scores))
+    metrics["loss"] = parts.loss.item()
+    return metrics
 
 
 def _reward_metrics(s: PairScores) -> dict[str, float]:
+    head = HEADS["reward"]
     return {
-        "reward_head/chosen": s.reward_chosen.mean().item(),
-        "reward_head/rejected": s.reward_rejected.mean().item(),
-        "reward_head/accuracy": accuracy(s.reward_chosen, s.reward_rejected).mean().item(),
-        "reward_head/margin": (s.reward_chosen - s.reward_rejected).mean().item(),
+        f"{head}/chosen": s.reward_chosen.mean().item(),
+        f"{head}/rejected": s.reward_rejected.mean().item(),
+        f"{head}/accuracy": accuracy(s.reward_chosen, s.reward_rejected).mean().item(),
+        f"{head}/margin": (s.reward_chosen - s.reward_rejected).mean().item(),
     }
 
 
@@ -120,7 +172,7 @@ def _policy_metrics(policy_losses: Tensor, s: PairScores) -> dict[str, float]:
         "rewards/rejected": ir.mean().item(),
         "rewards/accuracies": acc,
         "rewards/margins": (ic - ir).mean().item(),
-        "implicit/accuracy": acc,
+        f"{HEADS['implicit']}/accuracy": acc,
         "logps/chosen": s.logps_chosen.mean().item(),
         "logps/rejected": s.logps_rejected.mean().item(),
     }

@@ -6,13 +6,22 @@ the trainer can weight, mask or average them. Rewards returned for logging are d
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+class ResponseLogps(NamedTuple):
+    """One response per pair: summed log-probs of the policy (and reference), plus lengths."""
+
+    logps: Tensor  # (B,)
+    ref: Tensor | None  # (B,) or None for reference-free losses
+    lengths: Tensor  # (B,) response tokens
 
 
 class PolicyLogps(NamedTuple):
@@ -24,6 +33,12 @@ class PolicyLogps(NamedTuple):
     ref_rejected: Tensor | None
     chosen_len: Tensor  # (B,) response tokens
     rejected_len: Tensor
+
+    def chosen_side(self) -> ResponseLogps:
+        return ResponseLogps(self.chosen, self.ref_chosen, self.chosen_len)
+
+    def rejected_side(self) -> ResponseLogps:
+        return ResponseLogps(self.rejected, self.ref_rejected, self.rejected_len)
 
 
 class PolicyLossOutput(NamedTuple):
@@ -45,21 +60,21 @@ def reward_centering_loss(chosen_rewards: Tensor, rejected_rewards: Tensor) -> T
     return (chosen_rewards.float() + rejected_rewards.float()) ** 2
 
 
-def reference_implicit_reward(logps: Tensor, ref: Tensor | None, lengths: Tensor, beta: float) -> Tensor:
+def reference_implicit_reward(side: ResponseLogps, *, beta: float) -> Tensor:
     """beta * (logp - ref): the implicit reward of DPO, IPO and hinge."""
-    if ref is None:
+    if side.ref is None:
         raise ValueError("this policy loss needs reference log-probs")
-    return beta * (logps - ref)
+    return beta * (side.logps - side.ref)
 
 
-def length_normalised_reward(logps: Tensor, ref: Tensor | None, lengths: Tensor, beta: float) -> Tensor:
+def length_normalised_reward(side: ResponseLogps, *, beta: float) -> Tensor:
     """beta * logp / |y|: SimPO's reference-free implicit reward."""
-    return beta * logps / lengths.clamp(min=1)
+    return beta * side.logps / side.lengths.clamp(min=1)
 
 
-def mean_logp_reward(logps: Tensor, ref: Tensor | None, lengths: Tensor, beta: float) -> Tensor:
+def mean_logp_reward(side: ResponseLogps) -> Tensor:
     """logp / |y|: the mean response log-likelihood, the implicit reward of the SFT regulariser."""
-    return logps / lengths.clamp(min=1)
+    return side.logps / side.lengths.clamp(min=1)
 
 
 def _ref_logratios(lp: PolicyLogps) -> Tensor:
@@ -70,8 +85,8 @@ def _ref_logratios(lp: PolicyLogps) -> Tensor:
 
 def _ref_rewards(lp: PolicyLogps, beta: float) -> tuple[Tensor, Tensor]:
     return (
-        reference_implicit_reward(lp.chosen, lp.ref_chosen, lp.chosen_len, beta).detach(),
-        reference_implicit_reward(lp.rejected, lp.ref_rejected, lp.rejected_len, beta).detach(),
+        reference_implicit_reward(lp.chosen_side(), beta=beta).detach(),
+        reference_implicit_reward(lp.rejected_side(), beta=beta).detach(),
     )
 
 
@@ -93,11 +108,11 @@ def hinge_loss(lp: PolicyLogps, beta: float) -> PolicyLossOutput:
     return PolicyLossOutput(losses, *_ref_rewards(lp, beta))
 
 
-def simpo_loss(lp: PolicyLogps, beta: float, gamma: float) -> PolicyLossOutput:
+def simpo_loss(lp: PolicyLogps, beta: float, simpo_gamma: float) -> PolicyLossOutput:
     """SimPO (Meng et al. 2024), reference-free: -log sigmoid(beta*(avg_w - avg_l) - gamma)."""
-    chosen = length_normalised_reward(lp.chosen, None, lp.chosen_len, beta)
-    rejected = length_normalised_reward(lp.rejected, None, lp.rejected_len, beta)
-    losses = -F.logsigmoid(chosen - rejected - gamma)
+    chosen = length_normalised_reward(lp.chosen_side(), beta=beta)
+    rejected = length_normalised_reward(lp.rejected_side(), beta=beta)
+    losses = -F.logsigmoid(chosen - rejected - simpo_gamma)
     return PolicyLossOutput(losses, chosen.detach(), rejected.detach())
 
 
@@ -106,37 +121,84 @@ def sft_loss(lp: PolicyLogps) -> PolicyLossOutput:
 
     Its implicit reward is the mean response log-likelihood, for both sides.
     """
-    chosen = mean_logp_reward(lp.chosen, None, lp.chosen_len, 1.0)
-    rejected = mean_logp_reward(lp.rejected, None, lp.rejected_len, 1.0)
+    chosen = mean_logp_reward(lp.chosen_side())
+    rejected = mean_logp_reward(lp.rejected_side())
     return PolicyLossOutput(-chosen, chosen.detach(), rejected.detach())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PolicyLossSpec:
-    """A registered policy loss: how to build it from config, and whether it needs `ref`."""
+    """A registered policy loss. Its hyperparameters are HafConfig fields, named in `params` and
+    passed to `fn` by keyword under those names; `reward_params` likewise to `implicit_reward`.
+    A new loss with a new hyperparameter is its function, its entry here and its HafConfig field."""
 
-    build: Callable[[float, float], Callable[[PolicyLogps], PolicyLossOutput]]
+    fn: Callable[..., PolicyLossOutput]  # (PolicyLogps, **params) -> per-pair losses, detached rewards
+    params: tuple[str, ...]
+    implicit_reward: Callable[..., Tensor]  # (ResponseLogps, **reward_params) -> (B,), the head's score
+    reward_params: tuple[str, ...]
     needs_reference: bool
     help: str
-    implicit: Callable[[Tensor, Tensor | None, Tensor, float], Tensor] = reference_implicit_reward
 
 
 POLICY_LOSSES: dict[str, PolicyLossSpec] = {
-    "sigmoid": PolicyLossSpec(lambda beta, gamma: lambda lp: sigmoid_loss(lp, beta), True, "DPO (default)"),
-    "ipo": PolicyLossSpec(lambda beta, gamma: lambda lp: ipo_loss(lp, beta), True, "IPO"),
-    "hinge": PolicyLossSpec(lambda beta, gamma: lambda lp: hinge_loss(lp, beta), True, "SLiC"),
+    "sigmoid": PolicyLossSpec(
+        fn=sigmoid_loss,
+        params=("beta",),
+        implicit_reward=reference_implicit_reward,
+        reward_params=("beta",),
+        needs_reference=True,
+        help="DPO (default)",
+    ),
+    "ipo": PolicyLossSpec(
+        fn=ipo_loss,
+        params=("beta",),
+        implicit_reward=reference_implicit_reward,
+        reward_params=("beta",),
+        needs_reference=True,
+        help="IPO",
+    ),
+    "hinge": PolicyLossSpec(
+        fn=hinge_loss,
+        params=("beta",),
+        implicit_reward=reference_implicit_reward,
+        reward_params=("beta",),
+        needs_reference=True,
+        help="SLiC",
+    ),
     "simpo": PolicyLossSpec(
-        lambda beta, gamma: lambda lp: simpo_loss(lp, beta, gamma),
-        False,
-        "SimPO, reference-free, length-normalised (uses simpo_gamma)",
-        length_normalised_reward,
+        fn=simpo_loss,
+        params=("beta", "simpo_gamma"),
+        implicit_reward=length_normalised_reward,
+        reward_params=("beta",),
+        needs_reference=False,
+        help="SimPO, reference-free, length-normalised (uses simpo_gamma)",
     ),
     "sft": PolicyLossSpec(
-        lambda beta, gamma: lambda lp: sft_loss(lp), False, "SFT on the chosen response (GRM)", mean_logp_reward
+        fn=sft_loss,
+        params=(),
+        implicit_reward=mean_logp_reward,
+        reward_params=(),
+        needs_reference=False,
+        help="SFT on the chosen response (GRM)",
     ),
 }
 
 
-def build_policy_loss(name: str, beta: float, simpo_gamma: float) -> Callable[[PolicyLogps], PolicyLossOutput]:
-    """Look `name` up in POLICY_LOSSES (names are validated when the config is built)."""
-    return POLICY_LOSSES[name].build(beta, simpo_gamma)
+def hyperparameters(names: tuple[str, ...], values: Any) -> dict[str, Any]:
+    """`names` read from `values`: a HafConfig (its attributes) or a mapping of its field names."""
+    if isinstance(values, Mapping):
+        return {name: values[name] for name in names}
+    return {name: getattr(values, name) for name in names}
+
+
+def build_policy_loss(name: str, values: Any) -> Callable[[PolicyLogps], PolicyLossOutput]:
+    """Loss `name` of POLICY_LOSSES with its declared hyperparameters taken from `values` (a
+    HafConfig or a mapping of its field names). Names are validated when the config is built."""
+    spec = POLICY_LOSSES[name]
+    return functools.partial(spec.fn, **hyperparameters(spec.params, values))
+
+
+def build_implicit_reward(name: str, values: Any) -> Callable[[ResponseLogps], Tensor]:
+    """The implicit reward of loss `name`, with its declared hyperparameters taken from `values`."""
+    spec = POLICY_LOSSES[name]
+    return functools.partial(spec.implicit_reward, **hyperparameters(spec.reward_params, values))

@@ -18,7 +18,7 @@ from hafrm.config import HafConfig
 from hafrm.data.tokenize import TokenizedPair
 from hafrm.evaluation.evaluate import EvalResult, evaluate_pairs
 from hafrm.modeling.hybrid import HybridRewardModel
-from hafrm.objectives.haf import HybridObjective
+from hafrm.objectives.haf import HybridObjective, step_metrics
 
 TRAINING_ARGS_NAME = "training_args.bin"
 
@@ -68,10 +68,10 @@ class HafTrainer(Trainer):
         # evaluation runs in fp32, so it equals a later `hafrm eval` of the saved model. (The
         # Trainer's own `bf16=True` would wrap the model's forward in autocast for good.)
         with torch.autocast(self.args.device.type, torch.bfloat16, enabled=self.bf16_steps and model.training):
-            step = self.objective(model, inputs, progress=progress)
-        for k, v in step.metrics.items():
+            parts = self.objective(model, inputs, progress=progress)  # the forward, then the loss parts
+        for k, v in step_metrics(parts).items():
             self._train_metrics[k].append(v)
-        return (step.loss, step) if return_outputs else step.loss
+        return (parts.loss, parts) if return_outputs else parts.loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Training logs carry the mean of the step metrics since the last log (TRL's habit).
