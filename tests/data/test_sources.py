@@ -47,9 +47,10 @@ def test_files_are_read_with_the_config_options_or_the_given_ones(tmp_path):
 
 def test_a_source_with_no_pair_kept_is_an_error_unless_allowed(tmp_path):
     path = _write(tmp_path / "ties.jsonl", [{"prompt": "Q", "chosen": "same", "rejected": "same"}])
+    skip = DataOptions(on_error="skip")
     with pytest.raises(DataError, match="no preference pairs kept"):
-        read_source(path, HafConfig())
-    empty = read_source(path, HafConfig(), require_pairs=False)
+        read_source(path, HafConfig(), skip)
+    empty = read_source(path, HafConfig(), skip, require_pairs=False)
     assert empty.pairs == [] and empty.report.records == 1
 
 

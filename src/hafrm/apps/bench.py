@@ -23,16 +23,27 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from hafrm.config import HafConfig
 from hafrm.data.formats import DataOptions
 from hafrm.data.sources import read_source
-from hafrm.data.tokenize import PairTokenizer
+from hafrm.data.tokenize import PairCollator, PairTokenizer, pair_dataset, pair_features
+from hafrm.evaluation.scoring import RewardModel
 from hafrm.modeling.backbone import load_backbone
+from hafrm.modeling.hybrid import HybridRewardModel
+from hafrm.training.reference import model_fingerprint, reference_logps
+from hafrm.training.trainer import HafTrainer
 
 SHARED_HH = Path("../shared/data/hh-helpful-base-test.jsonl.gz")
 TRAIN_CONTENDERS = ("hafrm_reward", "hafrm_hybrid", "trl_reward", "trl_dpo")
@@ -112,8 +123,6 @@ class _StepTimer:
     """A TrainerCallback that records the wall time of every optimizer step."""
 
     def __init__(self):
-        from transformers import TrainerCallback
-
         timer = self
 
         class Callback(TrainerCallback):
@@ -164,13 +173,6 @@ def _train_result(spec: BenchSpec, timer: _StepTimer, toks, n_params: int, extra
 
 # ------------------------------------------------------------------------------------ contenders
 def _hafrm_train(spec: BenchSpec, mode: str) -> dict:
-    from transformers import TrainingArguments
-
-    from hafrm.data.tokenize import PairCollator, pair_dataset, pair_features
-    from hafrm.modeling.hybrid import HybridRewardModel
-    from hafrm.training.reference import model_fingerprint, reference_logps
-    from hafrm.training.trainer import HafTrainer
-
     pairs, toks, _ = _load_pairs(spec)
     toks = toks[: spec.batch_size * (spec.steps + 1)]
     backbone = load_backbone(spec.model)
@@ -240,7 +242,6 @@ def _run_trl(spec: BenchSpec, trainer_cls, config_cls, model, tokenizer, **kwarg
 
 
 def _trl_reward(spec: BenchSpec) -> dict:
-    from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
     backbone = load_backbone(spec.model)
@@ -251,9 +252,6 @@ def _trl_reward(spec: BenchSpec) -> dict:
 
 
 def _trl_dpo(spec: BenchSpec) -> dict:
-    from functools import partial
-
-    from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
     backbone = load_backbone(spec.model)
@@ -265,11 +263,6 @@ def _trl_dpo(spec: BenchSpec) -> dict:
 
 
 def _score(spec: BenchSpec, which: str) -> dict:
-    from transformers import AutoModelForSequenceClassification
-
-    from hafrm.evaluation.scoring import RewardModel
-    from hafrm.modeling.hybrid import HybridRewardModel
-
     pairs, toks, _ = _load_pairs(spec)
     prompts = [p.prompt for p in pairs for _ in (0, 1)]
     responses = [r for p in pairs for r in (p.chosen, p.rejected)]

@@ -81,9 +81,15 @@ def read_source(
     return Source(item=item, pairs=pairs, report=report)
 
 
-def read_sources(items: Sequence[str], cfg: HafConfig, options: DataOptions | None = None, **kwargs) -> list[Source]:
+def read_sources(
+    items: Sequence[str],
+    cfg: HafConfig,
+    options: DataOptions | None = None,
+    n: int | None = None,
+    require_pairs: bool = True,
+) -> list[Source]:
     """`read_source` of every item, in order."""
-    return [read_source(item, cfg, options, **kwargs) for item in items]
+    return [read_source(item, cfg, options, n, require_pairs) for item in items]
 
 
 def read_held_out(item: str, train_cfg: HafConfig, options: DataOptions | None = None) -> Source:
@@ -93,7 +99,7 @@ def read_held_out(item: str, train_cfg: HafConfig, options: DataOptions | None =
     readers' defaults, not the training run's)."""
     skills = builtin_skills(item)
     if skills is None:
-        return read_source(item, train_cfg, options or DataOptions())
+        return read_source(item, train_cfg, DataOptions() if options is None else options)
     whole = any(builtin_skills(d) == builtin.SKILLS for d in train_cfg.data)  # trained on all skills
     pairs = builtin_pairs(train_cfg, None if whole else skills)
     held_out = split_by_prompt(pairs, train_cfg.eval_fraction, train_cfg.seed)[1]

@@ -93,7 +93,7 @@ def _read_dataset(ds: DatasetSpec, spec: ExperimentSpec) -> tuple[list[Preferenc
     )
     sources = read_sources(ds.data, cfg, n=ds.max_pairs, require_pairs=False)  # n: the built-in task's size
     pairs = [p for s in sources for p in s.pairs]
-    reports = [s.report.to_dict() if s.report else {"source": s.item, "kept": len(s.pairs)} for s in sources]
+    reports = [{"source": s.item, "kept": len(s.pairs)} if s.report is None else s.report.to_dict() for s in sources]
     if not pairs:
         raise DataError(f"{spec.source}: dataset {ds.name!r} has no pairs")
     return pairs, reports

@@ -166,9 +166,9 @@ def fill(
     pad_token_id: int,
     pack_length: int = 1024,
 ) -> tuple[Path, bool]:
-    """Put every sequence's bottom states into `model.prefix_cache`: from the set's file under
-    `cache_dir/prefix/` when it exists, else computed in packed batches and saved. Returns the
-    file and whether it was a hit."""
+    """Put every sequence's bottom states into the model's prefix cache (see `attach_prefix_cache`):
+    from the set's file under `cache_dir/prefix/` when it exists, else computed in packed batches
+    and saved. Returns the file and whether it was a hit."""
     cache: PrefixCache = model.prefix_cache
     unique = list(dict.fromkeys(tuple(s) for s in sequences))
     path = Path(cache_dir) / "prefix" / f"{set_key(model_fingerprint, cache.n_layers, unique)}.safetensors"
