@@ -93,6 +93,33 @@ def test_fill_writes_the_set_once_and_reloads_it(tokenizer, tmp_path):
     assert not hit and other != path
 
 
+def test_computing_a_set_shows_its_progress_per_sequence(tokenizer, tmp_path, monkeypatch):
+    made = []
+
+    class Bar:  # stands in for tqdm
+        def __init__(self, total=None, desc="", disable=None, **kwargs):
+            self.total, self.desc, self.disable, self.n = total, desc, disable, 0
+            made.append(self)
+
+        def update(self, n=1):
+            self.n += n
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(prefix, "tqdm", Bar)
+    model = _model("llama", tokenizer)
+    tok = PairTokenizer(tokenizer, 512, 256).tokenize(make_pairs(6))
+    seqs = [s for p in tok.pairs for s in (p.chosen_ids, p.rejected_ids)]
+    model.attach_prefix_cache(prefix.PrefixCache(2))
+    prefix.fill(model, seqs, tmp_path, "model-x", tokenizer.pad_token_id, pack_length=64)
+    (bar,) = made
+    unique = len(set(map(tuple, seqs)))
+    assert bar.total == bar.n == unique and "frozen-prefix" in bar.desc and bar.disable is None
+    prefix.fill(model, seqs, tmp_path, "model-x", tokenizer.pad_token_id, pack_length=64)
+    assert len(made) == 1  # read from disk: nothing to show
+
+
 def test_training_with_the_cache_equals_training_without(tiny_model_dir, tmp_path):
     from hafrm.training.recipe import train
 
