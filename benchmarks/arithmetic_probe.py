@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from hafrm.config import HafConfig
-from hafrm.data.builtin import split_pairs
+from hafrm.data.io import split_by_prompt
+from hafrm.data.sources import builtin_pairs
 from hafrm.data.tokenize import PairTokenizer
 from hafrm.modeling.backbone import load_backbone
-from hafrm.training.recipe import builtin_pairs
 
 LAYERS = (10, 15, 20, 25, 30)
 POSITIONS = {-3: "answer's last token", -2: "<|im_end|>", -1: "trailing newline (reward read here)"}
@@ -80,11 +80,11 @@ def main() -> None:
     ap.add_argument("--out", default="arithmetic_probe.json")
     args = ap.parse_args()
     start = time.perf_counter()
-    model, tokenizer, path = load_backbone("smollm2")
-    model.eval()
+    backbone = load_backbone("smollm2")
+    model, tokenizer, path = backbone.model.eval(), backbone.tokenizer, backbone.path
     encoder = PairTokenizer(tokenizer, max_length=512, max_prompt_length=256)
     pairs = builtin_pairs(HafConfig(seed=args.seed), ("arithmetic",), n=args.pairs)  # as the main job sees them
-    train, test = split_pairs(pairs, 0.2, args.seed)
+    train, test = split_by_prompt(pairs, 0.2, args.seed)
     f_train, logp_train = features(model, encoder, train)
     f_test, logp_test = features(model, encoder, test)
     rows = []

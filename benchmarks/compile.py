@@ -23,15 +23,16 @@ def run_way(way: str, steps: int) -> dict:
 
     from hafrm.apps.bench import step_times
     from hafrm.config import HafConfig
+    from hafrm.data.sources import builtin_pairs
     from hafrm.data.tokenize import PairCollator, PairTokenizer, pair_features
     from hafrm.modeling.backbone import load_backbone
     from hafrm.modeling.hybrid import HybridRewardModel
     from hafrm.objectives.haf import HybridObjective
-    from hafrm.training.recipe import builtin_pairs
 
     torch.manual_seed(0)
-    backbone, tokenizer, _ = load_backbone("smollm2")
-    model = HybridRewardModel(backbone)
+    backbone = load_backbone("smollm2")
+    tokenizer = backbone.tokenizer
+    model = HybridRewardModel(backbone.model)
     model.freeze_bottom(6)
     model.train()
     toks = PairTokenizer(tokenizer, 512, 256).tokenize(builtin_pairs(HafConfig())[: 8 * steps]).pairs

@@ -39,11 +39,11 @@ def run_variant(variant: str, length: int, response: int, steps: int) -> dict:
     from hafrm.modeling.hybrid import HybridRewardModel
 
     torch.manual_seed(0)
-    backbone, tokenizer, _ = load_backbone("smollm2")
-    model = HybridRewardModel(backbone)
+    backbone = load_backbone("smollm2")
+    tokenizer = backbone.tokenizer
+    model = HybridRewardModel(backbone.model, keep_logits_bytes=0 if variant == "chunked_recompute" else 512 * 2**20)
     model.freeze_bottom(6)
     model.train()
-    model.keep_logits_bytes = 0 if variant == "chunked_recompute" else 512 * 2**20
     n = 16
     input_ids = torch.randint(0, len(tokenizer), (n, length))
     attention_mask = torch.ones_like(input_ids)

@@ -19,11 +19,11 @@ from hafrm.apps.bench import step_times
 from hafrm.config import HafConfig
 from hafrm.data.formats import DataOptions
 from hafrm.data.io import load_source
+from hafrm.data.sources import builtin_pairs
 from hafrm.data.tokenize import PairCollator, PairTokenizer, pair_features
 from hafrm.modeling.backbone import load_backbone
 from hafrm.modeling.hybrid import HybridRewardModel
 from hafrm.objectives.haf import HybridObjective
-from hafrm.training.recipe import builtin_pairs
 
 HH = Path("../shared/data/hh-helpful-base-test.jsonl.gz")
 
@@ -34,8 +34,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed steps (one more is a warm-up)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    backbone, tokenizer, _ = load_backbone("smollm2")
-    model = HybridRewardModel(backbone)
+    backbone = load_backbone("smollm2")
+    tokenizer = backbone.tokenizer
+    model = HybridRewardModel(backbone.model)
     model.freeze_bottom(6)  # the recipe the README's figures were measured with (the default was 6 then)
     model.train()
     encoder = PairTokenizer(tokenizer, 512, 256)

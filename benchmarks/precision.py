@@ -21,12 +21,12 @@ from hafrm.apps.bench import step_times
 from hafrm.config import HafConfig
 from hafrm.data.formats import DataOptions
 from hafrm.data.io import load_source
+from hafrm.data.sources import builtin_pairs
 from hafrm.data.tokenize import PairCollator, PairTokenizer, pair_features
 from hafrm.modeling.backbone import load_backbone
 from hafrm.modeling.hybrid import HybridRewardModel
 from hafrm.objectives.haf import HybridObjective
 from hafrm.training.precision import cpu_matmul_gflops, resolve_precision
-from hafrm.training.recipe import builtin_pairs
 
 HH = Path("../shared/data/hh-helpful-base-test.jsonl.gz")
 
@@ -57,8 +57,9 @@ def main() -> None:
               torch.get_num_threads()}  # fmt: skip
     objective = HybridObjective(HafConfig())
     for name, (frozen, max_length, max_prompt, read) in recipes.items():
-        backbone, tokenizer, _ = load_backbone("smollm2")
-        model = HybridRewardModel(backbone)
+        backbone = load_backbone("smollm2")
+        tokenizer = backbone.tokenizer
+        model = HybridRewardModel(backbone.model)
         model.freeze_bottom(frozen)
         model.train()
         toks = PairTokenizer(tokenizer, max_length, max_prompt).tokenize(read()).pairs

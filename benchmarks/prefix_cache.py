@@ -23,12 +23,12 @@ from hafrm.apps.bench import step_times
 from hafrm.config import HafConfig
 from hafrm.data.formats import DataOptions
 from hafrm.data.io import load_source
+from hafrm.data.sources import builtin_pairs
 from hafrm.data.tokenize import PairCollator, PairTokenizer, pair_features
 from hafrm.modeling.backbone import load_backbone
 from hafrm.modeling.hybrid import HybridRewardModel, model_inputs
 from hafrm.modeling.prefix import PrefixCache, fill
 from hafrm.objectives.haf import HybridObjective
-from hafrm.training.recipe import builtin_pairs
 
 HH = Path("../shared/data/hh-helpful-base-test.jsonl.gz")
 
@@ -40,8 +40,9 @@ def main() -> None:
     parser.add_argument("--freeze", default="6,20", help="frozen layers, comma-separated")
     args = parser.parse_args()
     torch.manual_seed(0)
-    backbone, tokenizer, _ = load_backbone("smollm2")
-    model = HybridRewardModel(backbone)
+    backbone = load_backbone("smollm2")
+    tokenizer = backbone.tokenizer
+    model = HybridRewardModel(backbone.model)
     torch.nn.init.normal_(model.reward_head.weight, std=0.05)  # not zero, so reward differences show
     n = 8 * (args.steps + 1)
     if HH.is_file():
@@ -62,9 +63,9 @@ def main() -> None:
         row: dict = {}
         outputs = {}
         for way in ("off", "on"):
-            model.prefix_cache = None
+            model.detach_prefix_cache()
             if way == "on":
-                model.prefix_cache = PrefixCache(frozen)
+                model.attach_prefix_cache(PrefixCache(frozen))
                 start = time.perf_counter()
                 fill(model, sequences, Path("/tmp/hafrm-prefix-bench"), f"bench-{time.time()}", tokenizer.pad_token_id)
                 row["fill_seconds"] = time.perf_counter() - start

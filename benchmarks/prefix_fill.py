@@ -32,10 +32,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     cfg = HafConfig()
-    backbone, tokenizer, _ = load_backbone(cfg.model, cfg.cache_dir)
-    model = HybridRewardModel(backbone).eval()
+    backbone = load_backbone(cfg.model, cfg.cache_dir)
+    tokenizer = backbone.tokenizer
+    model = HybridRewardModel(backbone.model).eval()
     frozen = model.freeze_bottom(cfg.freeze_layers)
-    train_pairs, _, _ = load_data(cfg)
+    train_pairs = load_data(cfg).train_pairs
     tok = PairTokenizer(tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt).tokenize(train_pairs)
     seqs = list(dict.fromkeys(tuple(s) for p in tok.pairs for s in (p.chosen_ids, p.rejected_ids)))
     result = {"frozen_layers": frozen, "sequences": len(seqs), "tokens": sum(map(len, seqs)),
@@ -44,10 +45,10 @@ def main() -> None:
     for name, bf16 in [("fp32", False), ("bf16_autocast", True)]:
         times = []
         for _ in range(args.repeats):
-            model.prefix_cache = PrefixCache(frozen)
+            cache = PrefixCache(frozen)
             start = time.perf_counter()
             with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-                states[name] = _compute_set(model, model.prefix_cache, seqs, tokenizer.pad_token_id, cfg.pack_length)[0]
+                states[name] = _compute_set(model, cache, seqs, tokenizer.pad_token_id, cfg.pack_length)[0]
             times.append(time.perf_counter() - start)
         result[f"{name}_seconds"] = round(min(times), 1)
     diff = states["fp32"] - states["bf16_autocast"]

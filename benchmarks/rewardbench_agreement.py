@@ -68,7 +68,7 @@ def builtin_rewardbench_file(model_dir: Path, path: Path) -> int:
     """The model's held-out built-in pairs in RewardBench's format (single-turn prompts)."""
     from hafrm.apps.commands import _train_config
     from hafrm.data.io import split_by_prompt
-    from hafrm.training.recipe import builtin_pairs
+    from hafrm.data.sources import builtin_pairs
 
     cfg = _train_config(hafrm.load(model_dir))
     held_out = split_by_prompt(builtin_pairs(cfg), cfg.eval_fraction, cfg.seed)[1]

@@ -33,7 +33,7 @@ import torch
 
 import hafrm
 from hafrm.config import HafConfig
-from hafrm.training.recipe import builtin_pairs
+from hafrm.data.sources import builtin_pairs
 
 
 def workload(rm: hafrm.RewardModel, n: int, seed: int, sizes: list[int]) -> list[tuple[str, dict, int]]:
@@ -161,8 +161,9 @@ def main() -> None:
         from hafrm.modeling.backbone import load_backbone
         from hafrm.modeling.hybrid import HybridRewardModel
 
-        backbone, tokenizer, _ = load_backbone("smollm2")
-        model = HybridRewardModel(backbone)
+        backbone = load_backbone("smollm2")
+        tokenizer = backbone.tokenizer
+        model = HybridRewardModel(backbone.model)
         torch.nn.init.normal_(model.reward_head.weight, std=0.05)
         model.save_pretrained(model_dir, hafrm_config={"mode": "hybrid", "inference_head": "reward"})
         tokenizer.save_pretrained(model_dir)

@@ -87,7 +87,7 @@ def test_eval_command_reproduces_training_metrics(trained, tmp_path):
 def trained_eval_pairs(out):
     from hafrm.config import HafConfig
     from hafrm.data.io import split_by_prompt
-    from hafrm.training.recipe import builtin_pairs
+    from hafrm.data.sources import builtin_pairs
 
     cfg = HafConfig.from_dict(json.loads((out / "hafrm_config.json").read_text())["train_config"])
     return split_by_prompt(builtin_pairs(cfg), cfg.eval_fraction, cfg.seed)[1]

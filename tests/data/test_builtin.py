@@ -7,7 +7,8 @@ from collections import Counter
 
 import pytest
 
-from hafrm.data.builtin import SKILLS, generate_pairs, max_pairs, split_pairs, verify
+from hafrm.data.builtin import SKILLS, generate_pairs, is_correct, max_pairs
+from hafrm.data.io import split_by_prompt
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,8 @@ def test_every_subtype_appears(pairs):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_chosen_passes_and_rejected_fails_the_verifier(seed):
     for p in generate_pairs(3000, seed=seed):
-        assert verify(p.meta["spec"], p.chosen), p
-        assert not verify(p.meta["spec"], p.rejected), p
+        assert is_correct(p.meta["spec"], p.chosen), p
+        assert not is_correct(p.meta["spec"], p.rejected), p
 
 
 def test_mirror_couples_cancel_every_response_only_cue():
@@ -99,20 +100,20 @@ def test_bad_skills_name_the_accepted_ones(skills):
 
 
 def test_split_keeps_groups_apart_near_the_fraction(pairs):
-    train, test = split_pairs(pairs, test_fraction=0.2, seed=0)
+    train, test = split_by_prompt(pairs, test_fraction=0.2, seed=0)
     assert len(train) + len(test) == len(pairs)
     assert not {p.meta["group"] for p in train} & {p.meta["group"] for p in test}
     assert 0.15 <= len(test) / len(pairs) <= 0.3
-    assert (train, test) == split_pairs(pairs, test_fraction=0.2, seed=0)
-    assert test != split_pairs(pairs, test_fraction=0.2, seed=1)[1]
+    assert (train, test) == split_by_prompt(pairs, test_fraction=0.2, seed=0)
+    assert test != split_by_prompt(pairs, test_fraction=0.2, seed=1)[1]
 
 
 def test_split_fraction_edges():
     few = generate_pairs(30)
-    assert split_pairs(few, test_fraction=0.0) == (few, [])
-    assert split_pairs(few, test_fraction=1.0) == ([], few)
+    assert split_by_prompt(few, test_fraction=0.0, seed=0) == (few, [])
+    assert split_by_prompt(few, test_fraction=1.0, seed=0) == ([], few)
     with pytest.raises(ValueError, match="test_fraction"):
-        split_pairs(few, test_fraction=1.5)
+        split_by_prompt(few, test_fraction=1.5, seed=0)
 
 
 def test_a_fact_and_its_reverse_question_share_a_group(pairs):
@@ -183,17 +184,17 @@ EURO = {"kind": "facts", "relation": "currency", "answer": "euro", "aliases": []
     ],
 )
 def test_verify_judges_free_responses(spec, response, expected):
-    assert verify(spec, response) is expected
+    assert is_correct(spec, response) is expected
 
 
 def test_verify_rejects_an_unknown_kind():
     with pytest.raises(ValueError, match="unknown spec kind 'haiku'"):
-        verify({"kind": "haiku"}, "five seven five")
+        is_correct({"kind": "haiku"}, "five seven five")
 
 
 def test_a_skill_source_reads_its_share_of_the_task():
     from hafrm.config import HafConfig
-    from hafrm.training.recipe import builtin_pairs, builtin_skills
+    from hafrm.data.sources import builtin_pairs, builtin_skills
 
     cfg = HafConfig()  # the default task size must be one the templates can make, per skill too
     whole = builtin_pairs(cfg, builtin_skills("builtin"))

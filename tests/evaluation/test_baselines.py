@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from hafrm.data.builtin import SKILLS, generate_pairs, split_pairs
+from hafrm.data.builtin import SKILLS, generate_pairs
+from hafrm.data.io import split_by_prompt
 from hafrm.data.types import PreferencePair
 from hafrm.evaluation.baselines import (
     ShortcutReport,
@@ -22,7 +23,7 @@ def _pair(chosen: str, rejected: str) -> PreferencePair:
 
 @pytest.fixture(scope="module")
 def split():
-    return split_pairs(generate_pairs(2000, seed=0), test_fraction=0.2, seed=0)
+    return split_by_prompt(generate_pairs(2000, seed=0), test_fraction=0.2, seed=0)
 
 
 def test_length_baseline_counts_a_tie_as_half():

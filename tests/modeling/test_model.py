@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from hafrm.data.tokenize import PairCollator, PairTokenizer, pair_features
 from hafrm.modeling.hybrid import HybridRewardModel, last_token_index, response_logps
+from hafrm.modeling.prefix import PrefixCache
 from helpers import make_pairs, tiny_backbone
 
 
@@ -124,3 +125,15 @@ def test_freeze_bottom_counts_from_the_top_when_negative(n, frozen):
 def test_freezing_more_layers_than_the_decoder_has_names_both():
     with pytest.raises(ValueError, match="cannot freeze 9 layers: the decoder has 8 layers"):
         HybridRewardModel(tiny_backbone("llama", 64, layers=8)).freeze_bottom(9)
+
+
+def test_options_are_constructor_arguments_and_the_prefix_cache_attaches(tokenizer):
+    default = HybridRewardModel(tiny_backbone("llama", len(tokenizer)))
+    assert (default.logprob_chunk_size, default.keep_logits_bytes) == (512, 512 * 2**20)
+    m = HybridRewardModel(tiny_backbone("llama", len(tokenizer)), logprob_chunk_size=3, keep_logits_bytes=0)
+    assert (m.logprob_chunk_size, m.keep_logits_bytes) == (3, 0)
+    assert m.prefix_cache is None and m.detach_prefix_cache() is None
+    cache = PrefixCache(1)
+    m.attach_prefix_cache(cache)
+    assert m.prefix_cache is cache
+    assert m.detach_prefix_cache() is cache and m.prefix_cache is None

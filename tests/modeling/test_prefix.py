@@ -38,7 +38,7 @@ def test_cached_path_equals_full_forward_and_gradients(arch, pack_length, tokeni
         return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     full, g_full = run()
-    model.prefix_cache = prefix.PrefixCache(2)
+    model.attach_prefix_cache(prefix.PrefixCache(2))
     first, g_first = run()  # every sequence a miss: computed, stored
     assert model.prefix_cache.misses == 10 and model.prefix_cache.hits == 0 and len(model.prefix_cache) == 10
     cached, g_cached = run()  # every sequence a hit
@@ -76,7 +76,7 @@ def test_fill_writes_the_set_once_and_reloads_it(tokenizer, tmp_path):
     model.eval()
     tok = PairTokenizer(tokenizer, 512, 256).tokenize(make_pairs(4))
     seqs = [s for p in tok.pairs for s in (p.chosen_ids, p.rejected_ids)]
-    model.prefix_cache = prefix.PrefixCache(2)
+    model.attach_prefix_cache(prefix.PrefixCache(2))
     path, hit = prefix.fill(model, seqs, tmp_path, "model-x", tokenizer.pad_token_id, pack_length=64)
     assert not hit and path.is_file() and len(model.prefix_cache) == len(set(map(tuple, seqs)))
     # each stored state equals the bottom layers run on that sequence alone
@@ -84,13 +84,40 @@ def test_fill_writes_the_set_once_and_reloads_it(tokenizer, tmp_path):
     alone = prefix.bottom_states(model.decoder(), 2, input_ids=one, position_ids=torch.arange(one.shape[1])[None])
     stored = model.prefix_cache.get(one[0])
     assert torch.allclose(stored, alone[0], atol=1e-5)
-    model.prefix_cache = prefix.PrefixCache(2)
+    model.attach_prefix_cache(prefix.PrefixCache(2))
     again, hit = prefix.fill(model, seqs, tmp_path, "model-x", tokenizer.pad_token_id)
     assert hit and again == path
     assert torch.equal(model.prefix_cache.get(one[0]), stored)
     # another model (or another number of frozen layers) is another file
     other, hit = prefix.fill(model, seqs, tmp_path, "model-y", tokenizer.pad_token_id)
     assert not hit and other != path
+
+
+def test_computing_a_set_shows_its_progress_per_sequence(tokenizer, tmp_path, monkeypatch):
+    made = []
+
+    class Bar:  # stands in for tqdm
+        def __init__(self, total=None, desc="", disable=None, **kwargs):
+            self.total, self.desc, self.disable, self.n = total, desc, disable, 0
+            made.append(self)
+
+        def update(self, n=1):
+            self.n += n
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(prefix, "tqdm", Bar)
+    model = _model("llama", tokenizer)
+    tok = PairTokenizer(tokenizer, 512, 256).tokenize(make_pairs(6))
+    seqs = [s for p in tok.pairs for s in (p.chosen_ids, p.rejected_ids)]
+    model.attach_prefix_cache(prefix.PrefixCache(2))
+    prefix.fill(model, seqs, tmp_path, "model-x", tokenizer.pad_token_id, pack_length=64)
+    (bar,) = made
+    unique = len(set(map(tuple, seqs)))
+    assert bar.total == bar.n == unique and "frozen-prefix" in bar.desc and bar.disable is None
+    prefix.fill(model, seqs, tmp_path, "model-x", tokenizer.pad_token_id, pack_length=64)
+    assert len(made) == 1  # read from disk: nothing to show
 
 
 def test_training_with_the_cache_equals_training_without(tiny_model_dir, tmp_path):
@@ -120,7 +147,7 @@ def test_training_with_the_cache_equals_training_without(tiny_model_dir, tmp_pat
 def test_pipeline_turns_the_cache_off_when_the_check_fails(tiny_model_dir, tmp_path, monkeypatch, caplog):
     from hafrm.training import recipe as pipeline
 
-    monkeypatch.setattr(pipeline, "verify", lambda *a, **k: 0.5)
+    monkeypatch.setattr(pipeline, "check_cached_forward", lambda *a, **k: 0.5)
     cfg = HafConfig(model=str(tiny_model_dir), freeze_layers=5, builtin_pairs=24, per_device_train_batch_size=4,
                     max_steps=1, output_dir=str(tmp_path))  # fmt: skip
     with caplog.at_level(logging.WARNING):
@@ -141,10 +168,9 @@ def test_top_layers_keep_their_own_attention_type(tokenizer):
     assert config.layer_types == ["full_attention"] * 2 + ["sliding_attention"] * 2
     model = HybridRewardModel(Qwen2ForCausalLM(config).eval())
     model.freeze_bottom(2)
-    model.prefix_cache = prefix.PrefixCache(2)
     ids = torch.randint(3, len(tokenizer), (2, 12))
     mask = torch.ones_like(ids)
-    assert prefix.verify(model, ids, torch.arange(12).expand(2, 12), mask) < 1e-5
+    assert prefix.check_cached_forward(model, 2, ids, torch.arange(12).expand(2, 12), mask) < 1e-5
     assert config.layer_types[2:] == ["sliding_attention"] * 2 and len(config.layer_types) == 4  # restored
 
 

@@ -58,3 +58,31 @@ def test_packed_pass_equals_padded(tokenizer, tmp_path):
         assert (packed - padded).abs().max() < 1e-4, pack_length
     cached = reference_logps(model, pairs, tmp_path, tokenizer.pad_token_id, 4, pack_length=64)
     assert (cached.logps - padded).abs().max() < 1e-4
+
+
+class _Bar:
+    """Stands in for tqdm: records what a progress bar was told."""
+
+    made: list["_Bar"] = []
+
+    def __init__(self, total=None, desc="", disable=None, **kwargs):
+        self.total, self.desc, self.disable, self.n, self.closed = total, desc, disable, 0, False
+        _Bar.made.append(self)
+
+    def update(self, n=1):
+        self.n += n
+
+    def close(self):
+        self.closed = True
+
+
+def test_the_reference_pass_shows_its_progress_per_pair(tokenizer, monkeypatch):
+    import hafrm.training.reference
+
+    monkeypatch.setattr(hafrm.training.reference, "tqdm", _Bar)
+    _Bar.made = []
+    model, pairs = _setup(tokenizer, n=5)
+    compute_logps(model, pairs, tokenizer.pad_token_id, batch_size=2)
+    (bar,) = _Bar.made
+    assert bar.desc == "reference log-probs" and bar.total == bar.n == 5 and bar.closed
+    assert bar.disable is None  # no bar where stderr is not a terminal

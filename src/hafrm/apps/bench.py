@@ -23,10 +23,27 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from hafrm.config import HafConfig
+from hafrm.data.formats import DataOptions
+from hafrm.data.sources import read_source
+from hafrm.data.tokenize import PairCollator, PairTokenizer, pair_dataset, pair_features
+from hafrm.evaluation.scoring import RewardModel
+from hafrm.modeling.backbone import load_backbone
+from hafrm.modeling.hybrid import HybridRewardModel
+from hafrm.training.reference import model_fingerprint, reference_logps
+from hafrm.training.trainer import HafTrainer
 
 SHARED_HH = Path("../shared/data/hh-helpful-base-test.jsonl.gz")
 TRAIN_CONTENDERS = ("hafrm_reward", "hafrm_hybrid", "trl_reward", "trl_dpo")
@@ -87,20 +104,10 @@ def matmul_params(model: torch.nn.Module) -> int:
 
 def _load_pairs(spec: BenchSpec):
     """(pairs, tokenized pairs, data name): the same list in every contender."""
-    from hafrm.config import HafConfig
-    from hafrm.data.formats import DataOptions
-    from hafrm.data.io import load_source
-    from hafrm.data.tokenize import PairTokenizer
-    from hafrm.modeling.backbone import load_backbone
-    from hafrm.training.recipe import builtin_pairs
-
     data = spec.data or (str(SHARED_HH) if SHARED_HH.is_file() else "builtin")
-    if data == "builtin":
-        pairs = builtin_pairs(HafConfig(builtin_pairs=max(4 * spec.pairs, 100)))
-    else:
-        pairs, _ = load_source(data, DataOptions(on_error="skip"))
-    _, tokenizer, _ = load_backbone(spec.model)
-    enc = PairTokenizer(tokenizer, 10**6, 10**6)
+    cfg = HafConfig(builtin_pairs=max(4 * spec.pairs, 100))  # the built-in task's size
+    pairs = read_source(data, cfg, DataOptions(on_error="skip"), require_pairs=False).pairs
+    enc = PairTokenizer(load_backbone(spec.model).tokenizer, 10**6, 10**6)
     kept, toks = [], []
     for pair in pairs:  # no truncation anywhere: every contender sees the whole pair
         t = enc.tokenize([pair]).pairs
@@ -116,8 +123,6 @@ class _StepTimer:
     """A TrainerCallback that records the wall time of every optimizer step."""
 
     def __init__(self):
-        from transformers import TrainerCallback
-
         timer = self
 
         class Callback(TrainerCallback):
@@ -168,21 +173,12 @@ def _train_result(spec: BenchSpec, timer: _StepTimer, toks, n_params: int, extra
 
 # ------------------------------------------------------------------------------------ contenders
 def _hafrm_train(spec: BenchSpec, mode: str) -> dict:
-    from transformers import TrainingArguments
-
-    from hafrm.config import HafConfig
-    from hafrm.data.tokenize import PairCollator, pair_dataset, pair_features
-    from hafrm.modeling.backbone import load_backbone
-    from hafrm.modeling.hybrid import HybridRewardModel
-    from hafrm.training.reference import model_fingerprint, reference_logps
-    from hafrm.training.trainer import HafTrainer
-
     pairs, toks, _ = _load_pairs(spec)
     toks = toks[: spec.batch_size * (spec.steps + 1)]
-    backbone, tokenizer, _ = load_backbone(spec.model)
+    backbone = load_backbone(spec.model)
+    tokenizer = backbone.tokenizer
     cfg = HafConfig(mode=mode, freeze_layers=0, learning_rate=spec.learning_rate)
-    model = HybridRewardModel(backbone)
-    model.keep_logits_bytes = cfg.logprob_keep_mib * 2**20
+    model = HybridRewardModel(backbone.model, keep_logits_bytes=cfg.logprob_keep_mib * 2**20)
     ref, ref_seconds = None, 0.0
     if cfg.needs_policy:
         start = time.perf_counter()
@@ -208,7 +204,7 @@ def _hafrm_train(spec: BenchSpec, mode: str) -> dict:
             callbacks=[timer.callback],
         )
         trainer.train()
-    return _train_result(spec, timer, toks, matmul_params(backbone), {"reference_pass_s": ref_seconds})
+    return _train_result(spec, timer, toks, matmul_params(backbone.model), {"reference_pass_s": ref_seconds})
 
 
 def _trl_dataset(pairs):
@@ -246,26 +242,20 @@ def _run_trl(spec: BenchSpec, trainer_cls, config_cls, model, tokenizer, **kwarg
 
 
 def _trl_reward(spec: BenchSpec) -> dict:
-    from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    from hafrm.modeling.backbone import load_backbone
-
-    _, tokenizer, path = load_backbone(spec.model)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    backbone = load_backbone(spec.model)
+    tokenizer = backbone.tokenizer
+    model = AutoModelForSequenceClassification.from_pretrained(backbone.path, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
     return _run_trl(spec, RewardTrainer, RewardConfig, model, tokenizer)
 
 
 def _trl_dpo(spec: BenchSpec) -> dict:
-    from functools import partial
-
-    from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    from hafrm.modeling.backbone import load_backbone
-
-    _, tokenizer, path = load_backbone(spec.model)
+    backbone = load_backbone(spec.model)
+    tokenizer, path = backbone.tokenizer, backbone.path
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     ref_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     config = partial(DPOConfig, precompute_ref_log_probs=False)  # a live reference forward every step
@@ -273,19 +263,14 @@ def _trl_dpo(spec: BenchSpec) -> dict:
 
 
 def _score(spec: BenchSpec, which: str) -> dict:
-    from transformers import AutoModelForSequenceClassification
-
-    from hafrm.evaluation.scoring import RewardModel
-    from hafrm.modeling.backbone import load_backbone
-    from hafrm.modeling.hybrid import HybridRewardModel
-
     pairs, toks, _ = _load_pairs(spec)
     prompts = [p.prompt for p in pairs for _ in (0, 1)]
     responses = [r for p in pairs for r in (p.chosen, p.rejected)]
-    backbone, tokenizer, path = load_backbone(spec.model)
+    backbone = load_backbone(spec.model)
+    tokenizer, path = backbone.tokenizer, backbone.path
     batch = 2 * spec.batch_size
     if which == "hafrm_score":
-        rm = RewardModel(HybridRewardModel(backbone).eval(), tokenizer, {"mode": "hybrid"}, Path(path))
+        rm = RewardModel(HybridRewardModel(backbone.model).eval(), tokenizer, {"mode": "hybrid"}, Path(path))
         rm.score_batch(prompts[:batch], responses[:batch], batch_size=batch)  # warm-up
         start = time.perf_counter()
         rm.score_batch(prompts, responses, batch_size=batch)

@@ -7,9 +7,9 @@ from typing import Any
 
 from hafrm.apps.rewardbench import section_metrics
 from hafrm.config import HafConfig
-from hafrm.data import builtin
 from hafrm.data.formats import DataOptions, Notes, RecordError, convert, messages
-from hafrm.data.io import iter_records, load_pairs, split_by_prompt
+from hafrm.data.io import iter_records
+from hafrm.data.sources import read_held_out
 from hafrm.data.tokenize import PairTokenizer, pair_features
 from hafrm.errors import DataError, HafError
 from hafrm.evaluation.evaluate import HEADS, EvalResult, evaluate_pairs, score_stats
@@ -17,7 +17,6 @@ from hafrm.evaluation.scoring import STATS_KEY, RewardModel
 from hafrm.fileio import write_json_atomic
 from hafrm.modeling.backbone import cache_root, load_backbone
 from hafrm.modeling.hybrid import HAFRM_CONFIG_FILE, HybridRewardModel
-from hafrm.training.recipe import builtin_pairs, builtin_skills
 from hafrm.training.reference import reference_logps
 
 
@@ -57,23 +56,15 @@ def evaluate_model_dir(
 def evaluate_model(rm: RewardModel, data: list[str], options: DataOptions | None = None) -> tuple[EvalResult, int]:
     """Every head of a loaded model on `data`, per pair, and how many pairs tokenisation dropped."""
     cfg = _train_config(rm)
-    pairs = []
-    for item in data:
-        skills = builtin_skills(item)
-        if skills is not None:  # the same held-out split the model was evaluated on in training
-            whole = any(builtin_skills(d) == builtin.SKILLS for d in cfg.data)  # trained on all skills
-            held_out = split_by_prompt(builtin_pairs(cfg, None if whole else skills), cfg.eval_fraction, cfg.seed)[1]
-            pairs += [p for p in held_out if p.meta["skill"] in skills]
-        else:
-            pairs += load_pairs(item, options)
+    pairs = [p for item in data for p in read_held_out(item, cfg, options).pairs]
     tok = PairTokenizer(rm.tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt).tokenize(pairs)
     if not tok.pairs:
         raise DataError(f"no pairs left to evaluate (dropped: {dict(tok.dropped)})")
     ref = None
     if cfg.needs_reference:
-        base, _, _ = load_backbone(rm.meta["base_model"], cfg.cache_dir)
+        base = load_backbone(rm.meta["base_model"], cfg.cache_dir)
         ref = reference_logps(
-            HybridRewardModel(base),
+            HybridRewardModel(base.model),
             tok.pairs,
             cache_root(cfg.cache_dir),
             rm.tokenizer.pad_token_id,

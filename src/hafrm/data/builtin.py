@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from hafrm.data.types import PreferencePair
 
@@ -26,8 +25,8 @@ class _Pool:
     """Every mirror couple of one subtype, as parameters, and how to build its two pairs."""
 
     name: str
-    params: list[tuple]
-    build: Callable[[tuple, random.Random], list[PreferencePair]]
+    params: list[Any]  # one named record per couple (_FactCouple, _ArithmeticCouple, ...)
+    build: Callable[[Any, random.Random], list[PreferencePair]]
 
 
 def _pair(prompt: str, chosen: str, rejected: str, **meta: Any) -> PreferencePair:
@@ -172,8 +171,17 @@ def _fact_text(template: str, entity: str, value: str = "") -> str:
     return template.format(e=e, E=_upper_first(e), v=v, V=_upper_first(v))
 
 
-def _fact_couples() -> list[tuple]:
-    """(fact, its prefix, mate, its prefix, question, suffix) for every prompt, each used once.
+class _FactCouple(NamedTuple):
+    fact: _Fact
+    prefix: str
+    mate: _Fact  # the fact whose answer is `fact`'s wrong one, and the other way round
+    mate_prefix: str
+    question: str
+    suffix: tuple[str, str | None]  # an entry of _FACT_SUFFIXES
+
+
+def _fact_couples() -> list[_FactCouple]:
+    """Every prompt's couple, each prompt used once.
 
     In a cluster (x, y, z), for one question and suffix, the prompts under prefixes p and q are
     matched (x p, y p), (z p, x q), (y q, z q): each fact is wrong-answered by each mate once.
@@ -184,16 +192,17 @@ def _fact_couples() -> list[tuple]:
             for suffix in _FACT_SUFFIXES:
                 for p, q in zip(_FACT_PREFIXES[::2], _FACT_PREFIXES[1::2], strict=True):
                     couples += [
-                        (x, p, y, p, question, suffix),
-                        (z, p, x, q, question, suffix),
-                        (y, q, z, q, question, suffix),
+                        _FactCouple(x, p, y, p, question, suffix),
+                        _FactCouple(z, p, x, q, question, suffix),
+                        _FactCouple(y, q, z, q, question, suffix),
                     ]
     return couples
 
 
-def _build_facts(params: tuple, rng: random.Random) -> list[PreferencePair]:
+def _build_facts(couple: _FactCouple, rng: random.Random) -> list[PreferencePair]:
     """x's answer vs y's, and y's answer vs x's, in one answer template."""
-    x, x_prefix, y, y_prefix, question, (suffix, style) = params
+    x, x_prefix, y, y_prefix, question = couple.fact, couple.prefix, couple.mate, couple.mate_prefix, couple.question
+    suffix, style = couple.suffix
     style = style or rng.choice(("bare", "sentence"))
     template = "{V}." if style == "bare" else rng.choice(_FACT_SENTENCES[x.relation])
     return [
@@ -280,17 +289,28 @@ def _problem_couples(op: str) -> Iterator[tuple[tuple[int, int], tuple[int, int]
             yield ((fixed, v), (fixed, v2)) if op == "add" else ((v, fixed), (v2, fixed))
 
 
-def _arithmetic_couples(op: str) -> list[tuple]:
-    """(op, problem, problem, question, operands swapped) for every couple; sums and products are
-    also asked with their operands the other way round, in the same split group."""
+class _ArithmeticCouple(NamedTuple):
+    op: str  # a key of _OPS
+    problem: tuple[int, int]  # operands
+    mate: tuple[int, int]  # the problem whose answer is `problem`'s near miss, and the other way round
+    question: str
+    swapped: bool  # the operands asked the other way round
+
+
+def _arithmetic_couples(op: str) -> list[_ArithmeticCouple]:
+    """Every couple of `op`; sums and products are also asked with their operands the other way
+    round, in the same split group."""
     orders = (False, True) if op != "subtract" else (False,)
     return [
-        (op, p1, p2, question, swap) for p1, p2 in _problem_couples(op) for question in _OPS[op][2] for swap in orders
+        _ArithmeticCouple(op, p1, p2, question, swap)
+        for p1, p2 in _problem_couples(op)
+        for question in _OPS[op][2]
+        for swap in orders
     ]
 
 
-def _build_arithmetic(params: tuple, rng: random.Random) -> list[PreferencePair]:
-    op, p1, p2, question, swap = params
+def _build_arithmetic(couple: _ArithmeticCouple, rng: random.Random) -> list[PreferencePair]:
+    op, p1, p2, question, swap = couple.op, couple.problem, couple.mate, couple.question, couple.swapped
     symbol, fn, _ = _OPS[op]
     template = rng.choice(_ARITHMETIC_ANSWERS)
     group = f"arithmetic:{op}:{p1[0]}:{p1[1]}/{p2[0]}:{p2[1]}"
@@ -433,25 +453,41 @@ _CATEGORIES = {  # "_" joins a two-word item
 _SIZES = ((2, 4), (3,))
 
 
-def _size_couples(items: Sequence[str], asks: Sequence) -> list[tuple[str, Any, int]]:
-    return [(item, ask, lo) for item in items for i, ask in enumerate(asks) for lo in _SIZES[i % 2]]
+class _SizeCouple(NamedTuple):
+    item: str  # a topic (word count) or a category (list)
+    ask: Any  # an entry of _COUNT_ASKS or _LIST_ASKS
+    lo: int  # the smaller of the two sizes; the other is lo + 1
 
 
-def _case_couples() -> list[tuple]:
-    """(case, topic, ask, rule index): the plain rule and its one-word exception as a couple."""
-    return [(case, t, a, r) for case in ("upper", "lower") for t in _TOPICS for a in _CASE_ASKS for r in range(4)]
+def _size_couples(items: Sequence[str], asks: Sequence) -> list[_SizeCouple]:
+    return [_SizeCouple(item, ask, lo) for item in items for i, ask in enumerate(asks) for lo in _SIZES[i % 2]]
+
+
+class _CaseCouple(NamedTuple):
+    """The plain rule and its one-word exception."""
+
+    case: str  # "upper" or "lower"
+    topic: str
+    ask: str
+    rule: int  # the index of the rule's wording in _CASE_RULES
+
+
+def _case_couples() -> list[_CaseCouple]:
+    return [
+        _CaseCouple(case, t, a, r) for case in ("upper", "lower") for t in _TOPICS for a in _CASE_ASKS for r in range(4)
+    ]
 
 
 _PLAIN = {"a", "an", "i", "is", "me", "to", "my", "and", "but", "the"}  # no odd word: too small
 
 
-def _build_case(params: tuple, rng: random.Random) -> list[PreferencePair]:
+def _build_case(couple: _CaseCouple, rng: random.Random) -> list[PreferencePair]:
     """All in one case vs one word in the other, and the same two the other way round.
 
     "Use only capital letters" prefers ALL CAPS to ALL CAPS with "calm" in lowercase; its mirror
     "Use only capital letters, but write "calm" in lowercase" prefers the second.
     """
-    case, topic, ask, rule = params
+    case, topic, ask, rule = couple.case, couple.topic, couple.ask, couple.rule
     plain_kind = "all_caps" if case == "upper" else "lowercase"
     a, b = rng.sample(_ADJECTIVES, 2)
     sentence = rng.choice(_CASE_SENTENCES).format(t=topic, T=_upper_first(topic), a=a, b=b)
@@ -487,19 +523,26 @@ def _build_case(params: tuple, rng: random.Random) -> list[PreferencePair]:
     ]
 
 
-def _keyword_couples() -> list[tuple]:
-    """(topic, ask, keyword, mate): keyword i and mate i XOR m, m varying with topic and ask."""
+class _KeywordCouple(NamedTuple):
+    topic: str
+    ask: str
+    word: str
+    mate: str  # the keyword in the same slot of the near miss
+
+
+def _keyword_couples() -> list[_KeywordCouple]:
+    """Keyword i and mate i XOR m, m varying with topic and ask."""
     couples = []
     for t, topic in enumerate(_TOPICS):
         for a, ask in enumerate(_KEYWORD_ASKS):
             m = 1 + (5 * t + 11 * a) % 31
-            couples += [(topic, ask, _KEYWORDS[i], _KEYWORDS[i ^ m]) for i in range(32) if i < i ^ m]
+            couples += [_KeywordCouple(topic, ask, _KEYWORDS[i], _KEYWORDS[i ^ m]) for i in range(32) if i < i ^ m]
     return couples
 
 
-def _build_keyword(params: tuple, rng: random.Random) -> list[PreferencePair]:
+def _build_keyword(couple: _KeywordCouple, rng: random.Random) -> list[PreferencePair]:
     """Each of two keywords asked for, the other one in the same slot as the near miss."""
-    topic, ask, word, mate = params
+    topic, ask, word, mate = couple.topic, couple.ask, couple.word, couple.mate
     template = rng.choice(_KEYWORD_SENTENCES)
     text = {w: template.format(t=topic, T=_upper_first(topic), w=w) for w in (word, mate)}
     return [
@@ -523,9 +566,9 @@ def _adjective_sentence(topic: str, adjectives: Sequence[str]) -> str:
     return f"{_upper_first(topic)} is {joined}."
 
 
-def _build_word_count(params: tuple, rng: random.Random) -> list[PreferencePair]:
+def _build_word_count(couple: _SizeCouple, rng: random.Random) -> list[PreferencePair]:
     """A sentence of lo + 1 adjectives and the same less one; each is asked for once."""
-    topic, ask, lo = params
+    topic, ask, lo = couple.item, couple.ask, couple.lo
     longer = rng.sample(_ADJECTIVES, lo + 1)
     drop = rng.randrange(lo + 1)
     shorter = [w for i, w in enumerate(longer) if i != drop]
@@ -553,9 +596,10 @@ def _render_list(items: Sequence[str], style: str) -> str:
     return "\n".join(f"- {item}" for item in items)
 
 
-def _build_list(params: tuple, rng: random.Random) -> list[PreferencePair]:
+def _build_list(couple: _SizeCouple, rng: random.Random) -> list[PreferencePair]:
     """A list of lo + 1 items and the same less one; each is asked for once."""
-    category, (ask, style), lo = params
+    category, lo = couple.item, couple.lo
+    ask, style = couple.ask
     items = [_upper_first(w.replace("_", " ")) for w in _CATEGORIES[category].split()]
     longer = rng.sample(items, lo + 1)
     drop = rng.randrange(lo + 1)
@@ -642,7 +686,7 @@ def generate_pairs(n: int, seed: int = 0, skills: Sequence[str] | None = None) -
 
     Deterministic for a seed; every prompt is unique (one user message, no system message). Each
     pair's `meta` holds `skill`, `subset` ("arithmetic.add"), the split `group` and the `spec` that
-    `verify` judges any response against. ValueError for an unknown skill or more pairs than the templates make.
+    `is_correct` judges any response against. ValueError for an unknown skill or more pairs than the templates make.
     """
     skills = tuple(SKILLS if skills is None else skills)
     if not skills or len(set(skills)) != len(skills) or not set(skills) <= set(SKILLS):
@@ -655,24 +699,6 @@ def generate_pairs(n: int, seed: int = 0, skills: Sequence[str] | None = None) -
     if len({p.prompt[0]["content"] for p in pairs}) != len(pairs):
         raise AssertionError("the built-in templates made a duplicate prompt")
     return pairs
-
-
-def split_pairs(
-    pairs: Sequence[PreferencePair], test_fraction: float = 0.2, seed: int = 0
-) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """(train, test) by a stable hash of (seed, meta["group"]), so no group is on both sides.
-
-    The fraction holds over groups, not pairs: facts has only 33 groups (clusters of three
-    facts), so its share of test pairs varies around the fraction from seed to seed.
-    """
-    if not 0.0 <= test_fraction <= 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction}")
-    train, test = [], []
-    for pair in pairs:
-        digest = hashlib.sha256(f"{seed}:{pair.meta['group']}".encode()).digest()
-        in_test = int.from_bytes(digest[:8], "big") / 2**64 < test_fraction
-        (test if in_test else train).append(pair)
-    return train, test
 
 
 # -------------------------------------------------------------------------------------- verifier
@@ -726,7 +752,7 @@ _VERIFIERS: dict[str, Callable[[dict[str, Any], str], bool]] = {
 }
 
 
-def verify(spec: dict[str, Any], response: str) -> bool:
+def is_correct(spec: dict[str, Any], response: str) -> bool:
     """Whether a free-form response (a model's, say) meets a pair's spec; the gold judge.
 
     - arithmetic: the last number in the response equals the answer ("47 + 38 = 85" passes).

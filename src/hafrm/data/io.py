@@ -284,7 +284,14 @@ def summary_line(report: LoadReport) -> str:
 def split_by_prompt(
     pairs: Sequence[PreferencePair], test_fraction: float, seed: int
 ) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """Split by a stable hash of each pair's group (or prompt), so no prompt is on both sides."""
+    """Split by a stable hash of (seed, each pair's group or else prompt), so no group or prompt is
+    on both sides.
+
+    The fraction holds over groups, not pairs: the built-in facts have only 33 groups (clusters of
+    three facts), so their share of test pairs varies around the fraction from seed to seed.
+    """
+    if not 0.0 <= test_fraction <= 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction}")
     train, test = [], []
     for p in pairs:
         key = str(p.meta.get("group") or p.prompt_text())

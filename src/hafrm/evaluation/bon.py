@@ -23,10 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
+from hafrm.config import HafConfig
 from hafrm.data import builtin
+from hafrm.data.formats import DataOptions
+from hafrm.data.io import split_by_prompt
+from hafrm.data.sources import read_source
 from hafrm.data.types import PreferencePair
 from hafrm.errors import HafError
+from hafrm.evaluation.scoring import load
+from hafrm.modeling.backbone import load_backbone
 from hafrm.objectives.accuracy import accuracy
 
 log = logging.getLogger(__name__)
@@ -49,25 +56,13 @@ class BonSpec:
     def fingerprint(self) -> str:
         keys = ("prompts", "num_prompts", "n", "policy", "temperatures", "max_new_tokens", "seed", "eval_fraction",
                 "split_seed")  # fmt: skip
-        from hafrm.config import HafConfig
-
         values = {k: getattr(self, k) for k in keys} | {"builtin_pairs": HafConfig().builtin_pairs}  # the prompts' pool
         return hashlib.blake2b(json.dumps(values).encode(), digest_size=8).hexdigest()
 
 
 def held_out_prompts(spec: BonSpec) -> list[PreferencePair]:
     """The first `num_prompts` distinct held-out prompts (pairs, for their messages and specs)."""
-    from hafrm.config import HafConfig
-    from hafrm.data.io import load_pairs, split_by_prompt
-    from hafrm.training.recipe import builtin_pairs, builtin_skills
-
-    skills = builtin_skills(spec.prompts)
-    if skills is not None:
-        pairs = builtin_pairs(HafConfig(seed=spec.split_seed), skills)
-    else:
-        from hafrm.data.formats import DataOptions
-
-        pairs = load_pairs(spec.prompts, DataOptions(on_error="skip"))
+    pairs = read_source(spec.prompts, HafConfig(seed=spec.split_seed), DataOptions(on_error="skip")).pairs
     held = split_by_prompt(pairs, spec.eval_fraction, spec.split_seed)[1]
     seen, out = set(), []
     for p in held:
@@ -84,14 +79,14 @@ def held_out_prompts(spec: BonSpec) -> list[PreferencePair]:
 def generate_candidates(spec: BonSpec, prompts: list[PreferencePair], log_line=print) -> list[dict[str, Any]]:
     """N samples per prompt from the policy, spread over the temperatures; each judged by the gold
     verifier when the prompt has a spec."""
-    from hafrm.modeling.backbone import load_backbone
-
-    model, tokenizer, _ = load_backbone(spec.policy)
-    model.eval()
+    policy = load_backbone(spec.policy)
+    model, tokenizer = policy.model.eval(), policy.tokenizer
     tokenizer.padding_side = "left"
     texts = [tokenizer.apply_chat_template(p.prompt, tokenize=False, add_generation_prompt=True) for p in prompts]
     records: list[dict[str, Any]] = []
     per_temp = [sum(1 for i in range(spec.n) if i % len(spec.temperatures) == t) for t in range(len(spec.temperatures))]
+    # disable=None: no bar where stderr is not a terminal (a log file, a test)
+    bar = tqdm(total=spec.n * len(prompts), desc=f"sampling from {spec.policy}", unit="response", disable=None)
     for t, (temperature, k) in enumerate(zip(spec.temperatures, per_temp, strict=True)):
         if k == 0:
             continue
@@ -113,9 +108,11 @@ def generate_candidates(spec: BonSpec, prompts: list[PreferencePair], log_line=p
             response = tokenizer.decode(ids, skip_special_tokens=True).strip()
             rec = {"prompt_index": row // k, "prompt": p.prompt, "response": response, "temperature": temperature}
             if "spec" in p.meta:
-                rec["gold"] = bool(builtin.verify(p.meta["spec"], response))
+                rec["gold"] = bool(builtin.is_correct(p.meta["spec"], response))
             records.append(rec)
+        bar.update(len(new))
         log_line(f"sampled {len(new)} responses at temperature {temperature}")
+    bar.close()
     records.sort(key=lambda r: (r["prompt_index"], r["temperature"]))
     return records
 
@@ -230,8 +227,6 @@ def run_bon(
     log_line=print,
 ) -> dict[str, Any]:
     """Score every candidate with every model, pick per prompt, judge; returns the report."""
-    from hafrm.evaluation.scoring import load
-
     records = load_or_generate(spec, out, log_line)
     grouped = groups(records)
     prompts = [r["prompt"] for r in records]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from hafrm.config import HafConfig
 from hafrm.data.tokenize import PairCollator, TokenizedPair
@@ -46,7 +47,7 @@ def evaluate_pairs(
     collate = PairCollator(pad_token_id, pack_length=cfg.pack_length if cfg.packing else None)
     rw, rl, iw, il = (torch.zeros(n) for _ in range(4))
     rows, weights, have_implicit = [], [], True
-    for start in range(0, n, cfg.per_device_eval_batch_size):
+    for start in tqdm(range(0, n, cfg.per_device_eval_batch_size), desc="evaluating", disable=None, leave=False):
         idx = order[start : start + cfg.per_device_eval_batch_size]
         batch = collate([features[i] for i in idx])
         with_policy = objective.policy_ready(batch)

@@ -30,7 +30,8 @@ import torch
 
 from hafrm.config import MODES, HafConfig
 from hafrm.data.inspect import pair_record
-from hafrm.data.io import cap, load_source, split_by_prompt
+from hafrm.data.io import cap, split_by_prompt
+from hafrm.data.sources import read_sources
 from hafrm.data.types import PreferencePair
 from hafrm.errors import DataError, HafError
 from hafrm.evaluation.bon import BonSpec, load_or_generate
@@ -52,22 +53,13 @@ HEAD_KEYS = {"reward": ("reward_chosen", "reward_rejected"), "implicit": ("impli
 
 # data -----------------------------------------------------------------------------------------
 def _read_dataset(ds: DatasetSpec, spec: ExperimentSpec) -> tuple[list[PreferencePair], list[dict[str, Any]]]:
-    from hafrm.training.recipe import builtin_pairs, builtin_skills
-
     cfg = HafConfig.from_dict(
         {**ds.options, "max_pairs_per_source": ds.max_pairs, "seed": spec.split_seed},
         source=f"{spec.source}: dataset {ds.name!r}",
     )
-    pairs, reports = [], []
-    for item in ds.data:
-        skills = builtin_skills(item)
-        if skills is not None:
-            got = builtin_pairs(cfg, skills, n=ds.max_pairs)
-            reports.append({"source": item, "kept": len(got)})
-        else:
-            got, report = load_source(item, cfg.data_options())
-            reports.append(report.to_dict())
-        pairs += got
+    sources = read_sources(ds.data, cfg, n=ds.max_pairs, require_pairs=False)  # n: the built-in task's size
+    pairs = [p for s in sources for p in s.pairs]
+    reports = [{"source": s.item, "kept": len(s.pairs)} if s.report is None else s.report.to_dict() for s in sources]
     if not pairs:
         raise DataError(f"{spec.source}: dataset {ds.name!r} has no pairs")
     return pairs, reports

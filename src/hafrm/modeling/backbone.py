@@ -7,9 +7,10 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hafrm.config import DEFAULT_MODEL
@@ -49,8 +50,12 @@ def prepare_embedded(cache_dir: str | os.PathLike | None = None) -> Path:
         return target
     gguf = _gguf_file()
     log.info("preparing %s from %s (once)", EMBEDDED_NAME, gguf)
+    # disable=None: no bar where stderr is not a terminal (a log file, a test)
+    bar = tqdm(total=3, desc=f"converting {EMBEDDED_NAME} to safetensors (once)", unit="step", disable=None)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    bar.update()
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    bar.update()
     # The weights are dequantised: the saved folder is a plain fp32 model.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -62,6 +67,8 @@ def prepare_embedded(cache_dir: str | os.PathLike | None = None) -> Path:
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
+    bar.update()
+    bar.close()
     return target
 
 
@@ -79,8 +86,14 @@ def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> str:
     return name  # a Hub id: transformers downloads it when online
 
 
-def load_backbone(name: str, cache_dir: str | os.PathLike | None = None, **kwargs: Any) -> tuple[Any, Any, str]:
-    """(causal LM in fp32, tokenizer with a pad token, resolved path)."""
+class Backbone(NamedTuple):
+    model: Any  # the causal LM, in fp32
+    tokenizer: Any  # with a pad token (the EOS token where it had none)
+    path: str  # the folder or Hub id it was loaded from (`resolve_model`)
+
+
+def load_backbone(name: str, cache_dir: str | os.PathLike | None = None, **kwargs: Any) -> Backbone:
+    """The causal LM `name` names (see `resolve_model`), its tokenizer and where it came from."""
     path = resolve_model(name, cache_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -90,4 +103,4 @@ def load_backbone(name: str, cache_dir: str | os.PathLike | None = None, **kwarg
         raise HafError(f"could not load model {name!r}: {first}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer, path
+    return Backbone(model=model, tokenizer=tokenizer, path=path)

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
+from transformers.modeling_utils import load_state_dict
 
 from hafrm.modeling.prefix import PrefixCache, cached_forward
 
@@ -108,7 +109,16 @@ class HybridRewardModel(nn.Module):
     anyway: it cancels in r_w - r_l). Folders saved with a biased head still load with it.
     """
 
-    def __init__(self, backbone: PreTrainedModel, reward_head: nn.Linear | None = None):
+    def __init__(
+        self,
+        backbone: PreTrainedModel,
+        reward_head: nn.Linear | None = None,
+        *,
+        logprob_chunk_size: int = 512,
+        keep_logits_bytes: int = 512 * 2**20,
+    ):
+        """`logprob_chunk_size`: response positions per LM-head chunk; `keep_logits_bytes`: response
+        logits kept for backward up to this, beyond it recomputed (see `response_logps`)."""
         super().__init__()
         self.backbone = backbone
         hidden = backbone.config.get_text_config().hidden_size
@@ -116,9 +126,10 @@ class HybridRewardModel(nn.Module):
             reward_head = nn.Linear(hidden, 1, bias=False, dtype=torch.float32)
             nn.init.zeros_(reward_head.weight)
         self.reward_head = reward_head.float()
-        self.logprob_chunk_size = 512
-        self.keep_logits_bytes = 512 * 2**20  # response logits kept for backward up to this; beyond, recomputed
-        self.prefix_cache: PrefixCache | None = None  # the frozen layers' output per sequence (hafrm.modeling.prefix)
+        self.logprob_chunk_size = logprob_chunk_size
+        self.keep_logits_bytes = keep_logits_bytes
+        # the frozen layers' output per sequence (hafrm.modeling.prefix); set by attach_prefix_cache
+        self.prefix_cache: PrefixCache | None = None
 
     @property
     def config(self):
@@ -130,6 +141,16 @@ class HybridRewardModel(nn.Module):
 
     def decoder(self) -> nn.Module:
         return self.backbone.get_decoder()
+
+    def attach_prefix_cache(self, cache: PrefixCache) -> None:
+        """Read the bottom `cache.n_layers` layers' output from `cache` in every forward from now on
+        (and store there what it lacks): only valid while those layers are frozen."""
+        self.prefix_cache = cache
+
+    def detach_prefix_cache(self) -> PrefixCache | None:
+        """Run every layer again in each forward; returns the cache that was attached, if any."""
+        cache, self.prefix_cache = self.prefix_cache, None
+        return cache
 
     def forward(
         self,
@@ -220,8 +241,6 @@ class HybridRewardModel(nn.Module):
 
     def load_weights(self, directory: str | Path) -> None:
         """Load backbone and reward-head weights saved by `save_pretrained`, in place."""
-        from transformers.modeling_utils import load_state_dict
-
         directory = Path(directory)
         files = sorted(directory.glob("model*.safetensors"))
         state: dict[str, Tensor] = {}

@@ -5,7 +5,7 @@ output for a given sequence is the same at every step, every evaluation and ever
 same model. hafrm computes it once per data set (saved on disk next to the reference
 log-probs), and each forward then runs only the layers above N, fed the cached states as
 `inputs_embeds`. Training costs the top layers' forward and backward; evaluation the top
-layers' forward. Results equal the full forward to float rounding; `verify` checks that on a
+layers' forward. Results equal the full forward to float rounding; `check_cached_forward` checks that on a
 real batch before the cache is used and turns it off (with a warning) for an architecture where
 it does not hold (e.g. one that rescales `inputs_embeds` inside its forward).
 
@@ -24,6 +24,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from tqdm import tqdm
+
+from hafrm.data.tokenize import pack_rows
 
 log = logging.getLogger(__name__)
 PREFIX_VERSION = "1"  # bump when what is cached changes
@@ -163,9 +166,9 @@ def fill(
     pad_token_id: int,
     pack_length: int = 1024,
 ) -> tuple[Path, bool]:
-    """Put every sequence's bottom states into `model.prefix_cache`: from the set's file under
-    `cache_dir/prefix/` when it exists, else computed in packed batches and saved. Returns the
-    file and whether it was a hit."""
+    """Put every sequence's bottom states into the model's prefix cache (see `attach_prefix_cache`):
+    from the set's file under `cache_dir/prefix/` when it exists, else computed in packed batches
+    and saved. Returns the file and whether it was a hit."""
     cache: PrefixCache = model.prefix_cache
     unique = list(dict.fromkeys(tuple(s) for s in sequences))
     path = Path(cache_dir) / "prefix" / f"{set_key(model_fingerprint, cache.n_layers, unique)}.safetensors"
@@ -196,13 +199,13 @@ def _compute_set(
     model: nn.Module, cache: PrefixCache, unique: list[tuple[int, ...]], pad_token_id: int, pack_length: int
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """Every sequence's bottom states, in packed passes of four rows (shortest first)."""
-    from hafrm.data.tokenize import pack_rows
-
     decoder = model.decoder()
     order = sorted(range(len(unique)), key=lambda i: len(unique[i]))
     per_seq: list[Tensor | None] = [None] * len(unique)
     batch: list[int] = []
     used = 0
+    # disable=None: no bar where stderr is not a terminal (a log file, a test)
+    bar = tqdm(total=len(unique), desc=f"frozen-prefix states ({cache.n_layers} layers)", unit="seq", disable=None)
 
     def flush() -> None:
         seqs = [list(unique[i]) for i in batch]
@@ -214,6 +217,7 @@ def _compute_set(
         for j, i in enumerate(batch):
             r, c = packed["seq_ends"][j].tolist()
             per_seq[i] = bottom[r, c + 1 - len(unique[i]) : c + 1].float().cpu()
+        bar.update(len(batch))
 
     for i in order:
         if batch and used + len(unique[i]) > 4 * pack_length:  # four packed rows a pass
@@ -223,17 +227,21 @@ def _compute_set(
         used += len(unique[i])
     if batch:
         flush()
+    bar.close()
     states = torch.cat(per_seq)  # type: ignore[arg-type]
     offsets = torch.tensor([0, *torch.cumsum(torch.tensor([len(s) for s in unique]), 0).tolist()])
     return states, offsets, per_seq  # type: ignore[return-value]
 
 
 @torch.no_grad()
-def verify(model: nn.Module, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor) -> float:
-    """Largest difference between the full forward and the cached path on a batch (padded)."""
+def check_cached_forward(
+    model: nn.Module, n_layers: int, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor
+) -> float:
+    """Largest difference between the full forward and the path through a cache of the bottom
+    `n_layers` layers' output, on a batch (padded)."""
     decoder = model.decoder()
     full = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    probe = PrefixCache(model.prefix_cache.n_layers)
+    probe = PrefixCache(n_layers)
     cached = cached_forward(decoder, probe, input_ids, attention_mask, position_ids)
     real = attention_mask.bool()
     return float((full.last_hidden_state[real] - cached[real]).abs().max())

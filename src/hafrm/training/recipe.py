@@ -1,33 +1,36 @@
-"""`train(cfg)`: data -> tokens -> cached reference log-probs -> Trainer -> saved model + metrics."""
+"""`train(cfg)`: the model, the data, the caches (frozen-prefix states, then reference log-probs),
+the fit, then the saved model and metrics: one stage function each, called in that order by
+`train`, each taking what the stages before it return."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from hafrm.config import SELECTION_METRICS, HafConfig
-from hafrm.data import builtin
-from hafrm.data.io import LoadReport, load_source, split_by_prompt, summary_line
+from hafrm.data.io import LoadReport, split_by_prompt, summary_line
+from hafrm.data.sources import Source, read_sources
 from hafrm.data.tokenize import PairCollator, PairTokenizer, TokenizeResult, pad_rows, pair_dataset, pair_features
 from hafrm.data.types import PreferencePair
 from hafrm.errors import ConfigError, DataError
 from hafrm.evaluation.baselines import shortcut_report
 from hafrm.evaluation.evaluate import EvalResult, evaluate_pairs, score_stats
 from hafrm.evaluation.scoring import STATS_KEY, RewardModel
+from hafrm.fileio import write_json_atomic
 from hafrm.modeling.backbone import cache_root, load_backbone
 from hafrm.modeling.hybrid import HybridRewardModel, position_ids_from_mask
-from hafrm.modeling.prefix import PrefixCache, fill, verify
+from hafrm.modeling.prefix import PrefixCache, check_cached_forward, fill
 from hafrm.training.precision import resolve_precision
 from hafrm.training.reference import model_fingerprint, reference_logps
 from hafrm.training.trainer import HafTrainer
@@ -36,7 +39,7 @@ from hafrm.version import __version__
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainResult:
     output_dir: Path
     metrics: dict[str, float]  # "eval/..." keys, as written to metrics.json
@@ -53,71 +56,111 @@ class TrainResult:
     reward_model: Any = None  # the trained model as a `hafrm.RewardModel`, in memory (score_batch, ...)
 
 
-# An empty system turn: without one, the chat template adds its own (18 tokens for SmolLM2).
-BUILTIN_SYSTEM_PROMPT = ""
+def train(cfg: HafConfig, extra_eval: dict[str, list[PreferencePair]] | None = None, save: bool = True) -> TrainResult:
+    """Run one training job as configured and return the held-out metrics.
+
+    `extra_eval` names more pair sets that the final model is evaluated on (every head, in this
+    process, with reference log-probs taken before training), returned in `TrainResult.extra_eval`.
+    With `save=False` the final model is not written (metrics.json and data.json still are).
+    """
+    start = time.time()
+    set_seed(cfg.seed)
+    setup = setup_model(cfg)
+    data = setup_data(cfg, setup, extra_eval or {})
+    precision = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
+    prefix = setup_prefix_cache(cfg, setup, data, train_bf16=_steps_bf16(setup.model, precision))
+    refs = compute_references(cfg, setup, data, prefix, precision)
+    fitted = fit(cfg, setup, data, refs, precision)
+    return finalise(cfg, setup, data, refs, fitted, precision, start=start, save=save)
 
 
-def builtin_skills(item: str) -> tuple[str, ...] | None:
-    """The skills a data item names: 'builtin' = all, 'builtin:arithmetic,facts' = those; None if
-    the item is not the built-in task."""
-    name, _, rest = item.partition(":")
-    if name != "builtin":
-        return None
-    skills = tuple(s.strip() for s in rest.split(",") if s.strip()) if rest else builtin.SKILLS
-    unknown = [s for s in skills if s not in builtin.SKILLS]
-    if unknown or not skills or len(set(skills)) != len(skills):
-        raise DataError(f"{item}: name distinct built-in skills among {', '.join(builtin.SKILLS)} (got {rest!r})")
-    return skills
+# -------------------------------------------------------------------------------------- the model
+@dataclass(frozen=True, kw_only=True)
+class ModelSetup:
+    model: HybridRewardModel
+    tokenizer: Any
+    path: str  # where the backbone was loaded from: the card's base_model
+    frozen: int  # bottom decoder layers frozen
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
 
 
-def builtin_pairs(cfg: HafConfig, skills: tuple[str, ...] | None = None, n: int | None = None) -> list[PreferencePair]:
-    """`n` pairs of the built-in task's `skills` (default all), with its short system message.
-    By default `n` is the skills' share of `cfg.builtin_pairs`, the size of the whole task. (The
-    pairs are generated for those skills alone: 'builtin:facts' holds as many facts pairs as
-    'builtin' does, not the same ones.)"""
-    skills = skills or builtin.SKILLS
-    if n is None:
-        n = cfg.builtin_pairs * len(skills) // len(builtin.SKILLS)
-    system = {"role": "system", "content": BUILTIN_SYSTEM_PROMPT}
-    most = builtin.max_pairs(skills)
-    if n > most:
-        whole = f"; {builtin.max_pairs()} for the whole task" if len(skills) < len(builtin.SKILLS) else ""
-        raise ConfigError(
-            f"builtin_pairs: {n} pairs of {'+'.join(skills)} asked for (builtin_pairs {cfg.builtin_pairs}), but "
-            f"the built-in templates make at most {most} unique ones{whole}"
-        )
-    pairs = builtin.generate_pairs(n, seed=cfg.seed, skills=skills)
-    return [dataclasses.replace(p, prompt=[system, *p.prompt]) for p in pairs]
+def setup_model(cfg: HafConfig) -> ModelSetup:
+    """The backbone with a zero-initialised reward head, its bottom `cfg.freeze_layers` frozen."""
+    backbone = load_backbone(cfg.model, cfg.cache_dir)
+    model = HybridRewardModel(
+        backbone.model, logprob_chunk_size=cfg.logprob_chunk_size, keep_logits_bytes=cfg.logprob_keep_mib * 2**20
+    )
+    try:
+        frozen = model.freeze_bottom(cfg.freeze_layers)
+    except ValueError as e:
+        raise ConfigError(f"freeze_layers: {e}") from None
+    return ModelSetup(model=model, tokenizer=backbone.tokenizer, path=backbone.path, frozen=frozen)
 
 
-def load_data(cfg: HafConfig) -> tuple[list[PreferencePair], list[PreferencePair], list[LoadReport]]:
-    """Train and eval pairs from `cfg.data` / `cfg.eval_data` ('builtin' = the built-in task).
+# --------------------------------------------------------------------------------------- the data
+class DataSplit(NamedTuple):
+    train_pairs: list[PreferencePair]
+    eval_pairs: list[PreferencePair]
+    reports: list[LoadReport]  # one per file or Hub source read (the built-in task has none)
+
+
+def load_data(cfg: HafConfig) -> DataSplit:
+    """Train and eval pairs from `cfg.data` / `cfg.eval_data` (items as `hafrm.data.sources` reads them).
 
     Each source is read with `cfg.data_options()` and capped; the mix is split by a hash of the
     prompt, so no prompt is on both sides. The reports account for every record read.
     """
-    opts = cfg.data_options()
-    reports: list[LoadReport] = []
 
-    def read(item: str) -> list[PreferencePair]:
-        skills = builtin_skills(item)
-        if skills is not None:
-            return builtin_pairs(cfg, skills)
-        pairs, report = load_source(item, opts)
-        reports.append(report)
-        log.warning("%s", summary_line(report))
-        if not pairs:
-            raise DataError(f"{item}: no preference pairs kept ({summary_line(report)})")
-        return pairs
+    def read(items: Sequence[str]) -> list[Source]:
+        sources = read_sources(items, cfg)
+        for source in sources:
+            if source.report is not None:
+                log.warning("%s", summary_line(source.report))
+        return sources
 
-    pairs = [p for item in cfg.data for p in read(item)]
-    if cfg.eval_data:
-        eval_pairs = [p for item in cfg.eval_data for p in read(item)]
-        return pairs, eval_pairs, reports
-    train, test = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
-    if not train or not test:
+    train_sources = read(cfg.data)
+    eval_sources = read(cfg.eval_data) if cfg.eval_data else []
+    reports = [s.report for s in (*train_sources, *eval_sources) if s.report is not None]
+    pairs = [p for s in train_sources for p in s.pairs]
+    if eval_sources:
+        return DataSplit(train_pairs=pairs, eval_pairs=[p for s in eval_sources for p in s.pairs], reports=reports)
+    train_pairs, eval_pairs = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
+    if not train_pairs or not eval_pairs:
         raise DataError(f"{len(pairs)} pairs are too few to hold out an eval split of {cfg.eval_fraction}")
-    return train, test, reports
+    return DataSplit(train_pairs=train_pairs, eval_pairs=eval_pairs, reports=reports)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainData:
+    split: DataSplit
+    train_tok: TokenizeResult
+    eval_tok: TokenizeResult
+    extra_tok: dict[str, TokenizeResult]  # train(extra_eval=...), by name
+    dropped: dict[str, int]  # "train/dropped/<source>/<why>", ".../truncated/...": as in data.json
+
+    @property
+    def eval_sets(self) -> list[TokenizeResult]:
+        """The held-out split, then every extra set."""
+        return [self.eval_tok, *self.extra_tok.values()]
+
+
+def setup_data(cfg: HafConfig, setup: ModelSetup, extra_eval: dict[str, list[PreferencePair]]) -> TrainData:
+    """The pairs, tokenised, and what tokenisation dropped or truncated (logged, and counted)."""
+    split = load_data(cfg)
+    encoder = PairTokenizer(setup.tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt)
+    train_tok, eval_tok = encoder.tokenize(split.train_pairs), encoder.tokenize(split.eval_pairs)
+    dropped = _report_drops("train", train_tok) | _report_drops("eval", eval_tok)
+    if not train_tok.pairs or not eval_tok.pairs:
+        raise DataError(f"no pairs left after tokenisation (dropped: {dropped or 'none'})")
+    extra_tok = {name: encoder.tokenize(pairs) for name, pairs in extra_eval.items()}
+    for name, tok in extra_tok.items():
+        dropped |= _report_drops(f"extra/{name}", tok)
+        if not tok.pairs:
+            raise DataError(f"extra eval set {name!r}: no pairs left after tokenisation")
+    return TrainData(split=split, train_tok=train_tok, eval_tok=eval_tok, extra_tok=extra_tok, dropped=dropped)
 
 
 def _report_drops(name: str, res: TokenizeResult) -> dict[str, int]:
@@ -128,6 +171,124 @@ def _report_drops(name: str, res: TokenizeResult) -> dict[str, int]:
     return counts
 
 
+# ------------------------------------------------------------------------------------- the caches
+def prefix_blocker(cfg: HafConfig, model: HybridRewardModel) -> str | None:
+    """Why the frozen-prefix cache cannot be used for this run, or None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or torch.cuda.device_count() > 1:
+        return "it runs in a single process on one device"
+    if cfg.resume:
+        return "a resumed run's frozen layers come from its checkpoint, loaded later"
+    text_config = model.config.get_text_config()
+    dropout = {k: v for k, v in text_config.to_dict().items() if ("dropout" in k or "pdrop" in k) and v}
+    if dropout:
+        return f"the model has dropout ({dropout}), so its frozen layers are not deterministic in training"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FrozenPrefix:
+    """The frozen-prefix cache, attached to the model until `finalise` detaches it."""
+
+    cache: PrefixCache | None  # None: off, the frozen layers run in every forward
+
+    @property
+    def n_layers(self) -> int:
+        return 0 if self.cache is None else self.cache.n_layers
+
+
+def setup_prefix_cache(cfg: HafConfig, setup: ModelSetup, data: TrainData, train_bf16: bool = False) -> FrozenPrefix:
+    """Turn on the frozen-prefix cache (hafrm.modeling.prefix) when layers are frozen, after checking on
+    a real batch that the cached path equals the full forward, and fill it from disk or once.
+
+    The eval sets' states are computed in fp32 whatever training's precision: evaluation and
+    scoring run in fp32, so the evaluation during training then equals a later `hafrm eval` of
+    the saved model. With `train_bf16` the training set's states are computed under the bf16
+    autocast of the training steps, as an uncached bf16 step computes them (about twice as fast
+    as fp32 here); the eval sets are filled first, so a sequence in both keeps its fp32 states."""
+    model, frozen = setup.model, setup.frozen
+    if frozen <= 0 or cfg.prefix_cache_mib <= 0:
+        return FrozenPrefix(cache=None)
+    why = prefix_blocker(cfg, model)
+    if why:
+        log.warning("frozen-prefix cache off: %s", why)
+        return FrozenPrefix(cache=None)
+    toks = [*data.eval_sets, data.train_tok]
+    hidden = model.config.get_text_config().hidden_size
+    sequences = [s for tok in toks for p in tok.pairs for s in (p.chosen_ids, p.rejected_ids)]
+    need = sum(len(s) for s in sequences) * hidden * 4
+    if need > cfg.prefix_cache_mib * 2**20:
+        log.warning("frozen-prefix cache off: %.0f MiB of states > prefix_cache_mib %d; the frozen layers run every "
+                    "step", need / 2**20, cfg.prefix_cache_mib)  # fmt: skip
+        return FrozenPrefix(cache=None)
+    longest = sorted(sequences, key=len)[-4:]  # the longest: a sliding window or long-range rope shows there
+    probe = pad_rows(longest, [0] * len(longest), setup.pad_id)
+    mask = probe["attention_mask"]
+    diff = check_cached_forward(model, frozen, probe["input_ids"], position_ids_from_mask(mask), mask)
+    if not diff <= 1e-3:
+        log.warning("frozen-prefix cache off: the cached path differs from the full forward by %.2g here", diff)
+        return FrozenPrefix(cache=None)
+    cache = PrefixCache(frozen, cfg.prefix_cache_mib * 2**20)
+    model.attach_prefix_cache(cache)
+    fingerprint = model_fingerprint(model)
+    hits = []
+    for tok in toks:
+        bf16 = train_bf16 and tok is data.train_tok
+        with torch.autocast(model.device.type, torch.bfloat16, enabled=bf16):
+            seqs = [s for p in tok.pairs for s in (p.chosen_ids, p.rejected_ids)]
+            hits.append(fill(model, seqs, cache_root(cfg.cache_dir), fingerprint + (":bf16-autocast" if bf16 else ""),
+                             setup.pad_id, cfg.pack_length)[1])  # fmt: skip
+    log.info("frozen-prefix cache: %d sequences, %.0f MiB, %d of %d sets from disk", len(cache),
+             cache.bytes / 2**20, sum(hits), len(hits))  # fmt: skip
+    return FrozenPrefix(cache=cache)
+
+
+def _steps_bf16(model: HybridRewardModel, precision: str) -> bool:
+    """Whether the training steps will run under bf16 autocast (on the device the Trainer uses)."""
+    steps_device = "cuda" if torch.cuda.is_available() else "cpu"
+    return precision == "bf16" and model.device.type == steps_device
+
+
+@dataclass(frozen=True, kw_only=True)
+class References:
+    """Reference log-probs, (N, 2) per set; None where the loss does not need them."""
+
+    train: torch.Tensor | None
+    eval: torch.Tensor | None  # the held-out split's
+    extra: dict[str, torch.Tensor | None]  # each extra eval set's
+    cache_hits: int  # sets read from the disk cache
+
+
+def compute_references(
+    cfg: HafConfig, setup: ModelSetup, data: TrainData, prefix: FrozenPrefix, precision: str
+) -> References:
+    """Reference log-probs for train (if the loss needs them) and every eval set (always, for the
+    implicit head), through the frozen-prefix cache when it is on. The training side is computed
+    the way the training steps compute the policy's (under their bf16 autocast, above the
+    training set's frozen-prefix states, computed under the same autocast), so the policy starts
+    equal to its reference, as DPO assumes; the eval side in fp32, like evaluation itself."""
+    if not cfg.needs_reference:
+        return References(train=None, eval=None, extra=dict.fromkeys(data.extra_tok), cache_hits=0)
+    model = setup.model
+    fingerprint = model_fingerprint(model)
+    pack = cfg.pack_length if cfg.packing else None
+    cache = cache_root(cfg.cache_dir)
+
+    def ref(tok: TokenizeResult, bf16: bool = False):
+        key = fingerprint + (f":bf16-autocast:bf16-bottom={prefix.n_layers}" if bf16 else "")
+        with torch.autocast(model.device.type, torch.bfloat16, enabled=bf16):
+            return reference_logps(model, tok.pairs, cache, setup.pad_id, cfg.per_device_eval_batch_size, key, pack)
+
+    train_ref = ref(data.train_tok, _steps_bf16(model, precision)) if cfg.needs_policy else None
+    eval_ref, *extra_refs = [ref(tok) for tok in data.eval_sets]
+    return References(
+        train=None if train_ref is None else train_ref.logps,
+        eval=eval_ref.logps,
+        extra={name: r.logps for name, r in zip(data.extra_tok, extra_refs, strict=True)},
+        cache_hits=sum(r.hit for r in (train_ref, eval_ref, *extra_refs) if r is not None),
+    )
+
+
+# ---------------------------------------------------------------------------------------- the fit
 def _training_args(cfg: HafConfig, n_train: int) -> TrainingArguments:
     steps_per_epoch = math.ceil(n_train / (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps))
     total = cfg.max_steps if cfg.max_steps > 0 else max(1, int(steps_per_epoch * cfg.num_train_epochs))
@@ -167,200 +328,37 @@ def _training_args(cfg: HafConfig, n_train: int) -> TrainingArguments:
     )
 
 
-def prefix_blocker(cfg: HafConfig, model: HybridRewardModel) -> str | None:
-    """Why the frozen-prefix cache cannot be used for this run, or None."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or torch.cuda.device_count() > 1:
-        return "it runs in a single process on one device"
-    if cfg.resume:
-        return "a resumed run's frozen layers come from its checkpoint, loaded later"
-    text_config = model.config.get_text_config()
-    dropout = {k: v for k, v in text_config.to_dict().items() if ("dropout" in k or "pdrop" in k) and v}
-    if dropout:
-        return f"the model has dropout ({dropout}), so its frozen layers are not deterministic in training"
-    return None
+@dataclass(frozen=True, kw_only=True)
+class Fit:
+    trainer: HafTrainer
+    result: EvalResult  # the final model's, on the held-out split
+    card: dict[str, Any]  # the model card the trainer saves (see `model_card`)
 
 
-def _prefix_cache(
-    cfg: HafConfig,
-    model: HybridRewardModel,
-    frozen: int,
-    train_tok: TokenizeResult,
-    eval_toks: list[TokenizeResult],
-    cache: Path,
-    pad_id: int,
-    train_bf16: bool = False,
-) -> None:
-    """Turn on the frozen-prefix cache (hafrm.modeling.prefix) when layers are frozen, after checking on
-    a real batch that the cached path equals the full forward, and fill it from disk or once.
-
-    The eval sets' states are computed in fp32 whatever training's precision: evaluation and
-    scoring run in fp32, so the evaluation during training then equals a later `hafrm eval` of
-    the saved model. With `train_bf16` the training set's states are computed under the bf16
-    autocast of the training steps, as an uncached bf16 step computes them (about twice as fast
-    as fp32 here); the eval sets are filled first, so a sequence in both keeps its fp32 states."""
-    if frozen <= 0 or cfg.prefix_cache_mib <= 0:
-        return
-    why = prefix_blocker(cfg, model)
-    if why:
-        log.warning("frozen-prefix cache off: %s", why)
-        return
-    toks = [*eval_toks, train_tok]
-    hidden = model.config.get_text_config().hidden_size
-    sequences = [s for tok in toks for p in tok.pairs for s in (p.chosen_ids, p.rejected_ids)]
-    need = sum(len(s) for s in sequences) * hidden * 4
-    if need > cfg.prefix_cache_mib * 2**20:
-        log.warning("frozen-prefix cache off: %.0f MiB of states > prefix_cache_mib %d; the frozen layers run every "
-                    "step", need / 2**20, cfg.prefix_cache_mib)  # fmt: skip
-        return
-    model.prefix_cache = PrefixCache(frozen, cfg.prefix_cache_mib * 2**20)
-    longest = sorted(sequences, key=len)[-4:]  # the longest: a sliding window or long-range rope shows there
-    probe = pad_rows(longest, [0] * len(longest), pad_id)
-    mask = probe["attention_mask"]
-    diff = verify(model, probe["input_ids"], position_ids_from_mask(mask), mask)
-    if not diff <= 1e-3:
-        log.warning("frozen-prefix cache off: the cached path differs from the full forward by %.2g here", diff)
-        model.prefix_cache = None
-        return
-    fingerprint = model_fingerprint(model)
-    hits = []
-    for tok in toks:
-        bf16 = train_bf16 and tok is train_tok
-        with torch.autocast(model.device.type, torch.bfloat16, enabled=bf16):
-            seqs = [s for p in tok.pairs for s in (p.chosen_ids, p.rejected_ids)]
-            hits.append(fill(model, seqs, cache, fingerprint + (":bf16-autocast" if bf16 else ""), pad_id,
-                             cfg.pack_length)[1])  # fmt: skip
-    log.info("frozen-prefix cache: %d sequences, %.0f MiB, %d of %d sets from disk", len(model.prefix_cache),
-             model.prefix_cache.bytes / 2**20, sum(hits), len(hits))  # fmt: skip
-
-
-def _steps_bf16(model: HybridRewardModel, precision: str) -> bool:
-    """Whether the training steps will run under bf16 autocast (on the device the Trainer uses)."""
-    steps_device = "cuda" if torch.cuda.is_available() else "cpu"
-    return precision == "bf16" and model.device.type == steps_device
-
-
-def _references(cfg, model, train_tok, eval_toks, cache, pad_id, precision) -> tuple[Any, list[Any], int]:
-    """Reference log-probs for train (if the loss needs them) and every eval set (always, for the
-    implicit head), through the frozen-prefix cache when it is on. The training side is computed
-    the way the training steps compute the policy's (under their bf16 autocast, above the
-    training set's frozen-prefix states, computed under the same autocast), so the policy starts
-    equal to its reference, as DPO assumes; the eval side in fp32, like evaluation itself."""
-    if not cfg.needs_reference:
-        return None, [None] * len(eval_toks), 0
-    fingerprint = model_fingerprint(model)
-    pack = cfg.pack_length if cfg.packing else None
-    train_bf16 = _steps_bf16(model, precision)
-    prefix = model.prefix_cache.n_layers if model.prefix_cache is not None else 0
-
-    def ref(tok: TokenizeResult, bf16: bool = False):
-        key = fingerprint + (f":bf16-autocast:bf16-bottom={prefix}" if bf16 else "")
-        with torch.autocast(model.device.type, torch.bfloat16, enabled=bf16):
-            return reference_logps(model, tok.pairs, cache, pad_id, cfg.per_device_eval_batch_size, key, pack)
-
-    results = ([ref(train_tok, train_bf16)] if cfg.needs_policy else []) + [ref(t) for t in eval_toks]
-    hits = sum(r.hit for r in results)
-    train_ref = results.pop(0).logps if cfg.needs_policy else None
-    return train_ref, [r.logps for r in results], hits
-
-
-def train(cfg: HafConfig, extra_eval: dict[str, list[PreferencePair]] | None = None, save: bool = True) -> TrainResult:
-    """Run one training job as configured and return the held-out metrics.
-
-    `extra_eval` names more pair sets that the final model is evaluated on (every head, in this
-    process, with reference log-probs taken before training), returned in `TrainResult.extra_eval`.
-    With `save=False` the final model is not written (metrics.json and data.json still are).
-    """
-    start = time.time()
-    set_seed(cfg.seed)
-    backbone, tokenizer, model_path = load_backbone(cfg.model, cfg.cache_dir)
-    model = HybridRewardModel(backbone)
-    model.logprob_chunk_size = cfg.logprob_chunk_size
-    model.keep_logits_bytes = cfg.logprob_keep_mib * 2**20
-    try:
-        frozen = model.freeze_bottom(cfg.freeze_layers)
-    except ValueError as e:
-        raise ConfigError(f"freeze_layers: {e}") from None
-    train_pairs, eval_pairs, data_reports = load_data(cfg)
-    encoder = PairTokenizer(tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt)
-    train_tok, eval_tok = encoder.tokenize(train_pairs), encoder.tokenize(eval_pairs)
-    dropped = _report_drops("train", train_tok) | _report_drops("eval", eval_tok)
-    if not train_tok.pairs or not eval_tok.pairs:
-        raise DataError(f"no pairs left after tokenisation (dropped: {dropped or 'none'})")
-    cache = cache_root(cfg.cache_dir)
-    pad_id = tokenizer.pad_token_id
-    extra_tok = {name: encoder.tokenize(pairs) for name, pairs in (extra_eval or {}).items()}
-    for name, tok in extra_tok.items():
-        dropped |= _report_drops(f"extra/{name}", tok)
-        if not tok.pairs:
-            raise DataError(f"extra eval set {name!r}: no pairs left after tokenisation")
-    precision = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
-    evals = [eval_tok, *extra_tok.values()]
-    # before the references: they use it
-    _prefix_cache(cfg, model, frozen, train_tok, evals, cache, pad_id, _steps_bf16(model, precision))
-    train_ref, refs, hits = _references(cfg, model, train_tok, evals, cache, pad_id, precision)
-    eval_ref = refs[0]
-    meta = hafrm_meta(cfg, model_path, precision)
-    eval_features = pair_features(eval_tok.pairs, eval_ref)
+def fit(cfg: HafConfig, setup: ModelSetup, data: TrainData, refs: References, precision: str) -> Fit:
+    """Train (or resume) with the Trainer, then evaluate the model it ends with."""
+    card = model_card(cfg, setup.path, precision)
+    eval_features = pair_features(data.eval_tok.pairs, refs.eval)
     trainer = HafTrainer(
-        model=model,
-        args=_training_args(cfg, len(train_tok.pairs)),
-        train_dataset=pair_dataset(pair_features(train_tok.pairs, train_ref)),
+        model=setup.model,
+        args=_training_args(cfg, len(data.train_tok.pairs)),
+        train_dataset=pair_dataset(pair_features(data.train_tok.pairs, refs.train)),
         eval_dataset=eval_features,  # our evaluate() reads eval_pairs/eval_features directly
-        data_collator=PairCollator(pad_id, pack_length=cfg.pack_length if cfg.packing else None),
-        processing_class=tokenizer,
+        data_collator=PairCollator(setup.pad_id, pack_length=cfg.pack_length if cfg.packing else None),
+        processing_class=setup.tokenizer,
         haf_config=cfg,
-        eval_pairs=eval_tok.pairs,
+        eval_pairs=data.eval_tok.pairs,
         eval_features=eval_features,
-        pad_token_id=pad_id,
-        hafrm_meta=meta,
+        pad_token_id=setup.pad_id,
+        hafrm_meta=card,
         bf16_steps=precision == "bf16",
     )
     resume = get_last_checkpoint(cfg.output_dir) if cfg.resume and Path(cfg.output_dir).is_dir() else None
     trainer.train(resume_from_checkpoint=resume)
-    result = trainer.final_eval()
-    meta[STATS_KEY] = score_stats(result, f"eval split ({len(eval_tok.pairs)} pairs)")  # saved with the model
-    if save:
-        trainer.save_model(cfg.output_dir)
-    extra = {
-        name: evaluate_pairs(trainer.model, cfg, tok.pairs, pair_features(tok.pairs, ref), pad_id)
-        for (name, tok), ref in zip(extra_tok.items(), refs[1:], strict=True)
-    }
-    metrics = {f"eval/{k}": v for k, v in result.metrics.items()}
-    shortcut = shortcut_report(train_pairs, eval_pairs)  # how far surface cues alone get
-    metrics["eval/shortcut/length_longer"] = shortcut.length_longer
-    metrics["eval/shortcut/length_shorter"] = shortcut.length_shorter
-    metrics["eval/shortcut/bag_of_words"] = shortcut.bag_of_words
-    metrics["train/pairs"] = float(len(train_tok.pairs))
-    metrics["train/steps"] = float(trainer.state.global_step)
-    metrics["train/selected_step"] = float(trainer.selected_step)
-    metrics["train/seconds"] = time.time() - start
-    if model.prefix_cache is not None:  # how often the frozen layers' output was read, not computed
-        pc = model.prefix_cache
-        metrics |= {"train/prefix_cache/hits": float(pc.hits), "train/prefix_cache/misses": float(pc.misses)}
-        model.prefix_cache = None  # a scorer of new text would only fill it
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    data_report = {"sources": [r.to_dict() for r in data_reports], "tokenisation": dropped}
-    (out / "data.json").write_text(json.dumps(data_report, indent=2, sort_keys=True) + "\n")
-    return TrainResult(
-        out,
-        metrics,
-        result,
-        len(train_tok.pairs),
-        len(eval_tok.pairs),
-        dropped,
-        precision,
-        time.time() - start,
-        hits,
-        history=dict(trainer.eval_history),
-        log_history=list(trainer.state.log_history),
-        extra_eval=extra,
-        reward_model=RewardModel(trainer.model, tokenizer, meta, out),
-    )
+    return Fit(trainer=trainer, result=trainer.final_eval(), card=card)
 
 
-def hafrm_meta(cfg: HafConfig, model_path: str, precision: str) -> dict[str, Any]:
+def model_card(cfg: HafConfig, model_path: str, precision: str) -> dict[str, Any]:
     """What `hafrm.load` needs to score with the right head, stored as hafrm_config.json."""
     return {
         "hafrm_version": __version__,
@@ -377,3 +375,73 @@ def hafrm_meta(cfg: HafConfig, model_path: str, precision: str) -> dict[str, Any
         "precision": precision,
         "train_config": {k: v for k, v in cfg.to_dict().items()},
     }
+
+
+# ----------------------------------------------------------------------------------- the results
+def finalise(
+    cfg: HafConfig,
+    setup: ModelSetup,
+    data: TrainData,
+    refs: References,
+    fitted: Fit,
+    precision: str,
+    *,
+    start: float,
+    save: bool,
+) -> TrainResult:
+    """Save the model with its score statistics, evaluate it on the extra sets, and write
+    metrics.json and data.json."""
+    trainer, result = fitted.trainer, fitted.result
+    # into the dict the trainer was given, which it saves
+    fitted.card[STATS_KEY] = score_stats(result, f"eval split ({len(data.eval_tok.pairs)} pairs)")
+    if save:
+        trainer.save_model(cfg.output_dir)
+    extra = {
+        name: evaluate_pairs(trainer.model, cfg, tok.pairs, pair_features(tok.pairs, refs.extra[name]), setup.pad_id)
+        for name, tok in data.extra_tok.items()
+    }
+    prefix_cache = setup.model.detach_prefix_cache()  # a scorer of new text would only fill it
+    metrics = _final_metrics(data, trainer, result, prefix_cache, start)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "metrics.json", metrics)
+    sources = [r.to_dict() for r in data.split.reports]
+    write_json_atomic(out / "data.json", {"sources": sources, "tokenisation": data.dropped})
+    return TrainResult(
+        output_dir=out,
+        metrics=metrics,
+        eval_result=result,
+        train_pairs=len(data.train_tok.pairs),
+        eval_pairs=len(data.eval_tok.pairs),
+        dropped=data.dropped,
+        precision=precision,
+        seconds=time.time() - start,
+        reference_cache_hits=refs.cache_hits,
+        history=dict(trainer.eval_history),
+        log_history=list(trainer.state.log_history),
+        extra_eval=extra,
+        reward_model=RewardModel(trainer.model, setup.tokenizer, fitted.card, out),
+    )
+
+
+def _final_metrics(
+    data: TrainData, trainer: HafTrainer, result: EvalResult, prefix_cache: PrefixCache | None, start: float
+) -> dict[str, float]:
+    """metrics.json: the final eval, the surface-cue baselines on the same split, the run's counts."""
+    shortcut = shortcut_report(data.split.train_pairs, data.split.eval_pairs)  # how far surface cues alone get
+    metrics = {f"eval/{k}": v for k, v in result.metrics.items()}
+    metrics |= {
+        "eval/shortcut/length_longer": shortcut.length_longer,
+        "eval/shortcut/length_shorter": shortcut.length_shorter,
+        "eval/shortcut/bag_of_words": shortcut.bag_of_words,
+        "train/pairs": float(len(data.train_tok.pairs)),
+        "train/steps": float(trainer.state.global_step),
+        "train/selected_step": float(trainer.selected_step),
+        "train/seconds": time.time() - start,
+    }
+    if prefix_cache is not None:  # how often the frozen layers' output was read, not computed
+        metrics |= {
+            "train/prefix_cache/hits": float(prefix_cache.hits),
+            "train/prefix_cache/misses": float(prefix_cache.misses),
+        }
+    return metrics

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
 from hafrm.data.tokenize import PairCollator, TokenizedPair, pair_features
 from hafrm.modeling.hybrid import HybridRewardModel, model_inputs
@@ -64,6 +65,8 @@ def compute_logps(
     order = sorted(range(len(features)), key=lambda i: max(len(pairs[i].chosen_ids), len(pairs[i].rejected_ids)))
     collate = PairCollator(pad_token_id, pack_length=pack_length)
     out = torch.zeros(len(features), 2)
+    # disable=None: no bar where stderr is not a terminal (a log file, a test)
+    bar = tqdm(total=len(order), desc="reference log-probs", unit="pair", disable=None)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = collate([features[i] for i in idx])
@@ -71,6 +74,8 @@ def compute_logps(
         B = len(idx)
         out[idx, 0] = res.logps[:B].float().cpu()
         out[idx, 1] = res.logps[B:].float().cpu()
+        bar.update(B)
+    bar.close()
     model.train(was_training)
     return out
 
