@@ -56,6 +56,7 @@ consumers:
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks tools
 	$(BIN)/ruff format --check src tests benchmarks tools
+	$(BIN)/python tools/import_graph.py
 
 test: setup lint consumers
 	$(BIN)/python -m pytest -q

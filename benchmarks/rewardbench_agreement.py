@@ -26,8 +26,8 @@ from pathlib import Path
 import hafrm
 from hafrm.apps.commands import evaluate_model
 from hafrm.apps.export import export_model
-from hafrm.apps.rewardbench import section_metrics
 from hafrm.data.formats import DataOptions
+from hafrm.evaluation.rewardbench import section_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIM = ROOT / "tools" / "rewardbench_cpu.py"

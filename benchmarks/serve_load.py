@@ -165,7 +165,7 @@ def main() -> None:
         tokenizer = backbone.tokenizer
         model = HybridRewardModel(backbone.model)
         torch.nn.init.normal_(model.reward_head.weight, std=0.05)
-        model.save_pretrained(model_dir, hafrm_config={"mode": "hybrid", "inference_head": "reward"})
+        model.save_pretrained(model_dir, model_card={"mode": "hybrid", "inference_head": "reward"})
         tokenizer.save_pretrained(model_dir)
     rm = hafrm.load(model_dir)
     sizes = [int(x) for x in args.sizes.split(",")]

@@ -59,6 +59,6 @@ def save_tiny_reward_model(path, tokenizer, arch: str = "llama", meta: dict | No
         "beta": 0.1,
         "reward_stats": {"reward": {"mean": 0.25, "std": 2.0, "n": 10, "data": "made up"}},
     }
-    model.save_pretrained(path, hafrm_config=meta)
+    model.save_pretrained(path, model_card=meta)
     tokenizer.save_pretrained(path)
     return path

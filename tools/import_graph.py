@@ -1,12 +1,17 @@
-"""Check hafrm's imports: no cycles, and function-local imports only for heavy optional packages.
+"""Check hafrm's imports: no cycles, layers imported downwards only, and function-local imports
+only for heavy optional packages.
 
-    python tools/import_graph.py            # exit 1 (and name them) if there is a cycle or a stray local import
+    python tools/import_graph.py            # exit 1, naming each, on a cycle, an upward or a stray import
     python tools/import_graph.py --graph    # print each module's hafrm imports
 
 Every import counts, at module level or inside a function: a local import that points upwards is
-still a dependency, only hidden. `from hafrm.pkg import name` is an edge to `hafrm.pkg.name` when
-that is a module, else to `hafrm.pkg`. A module's parent packages are not counted (Python imports
+still a dependency, only hidden. Imports under `if TYPE_CHECKING:` (annotations only) do not.
+`from hafrm.pkg import name` is an edge to `hafrm.pkg.name` when that is a module, else to
+`hafrm.pkg`. A module's parent packages are not counted (Python imports
 them first, whatever the module needs).
+
+The packages are layered: a module may import from its own package and from the layers below
+it, never above (LAYERS, bottom first).
 """
 
 from __future__ import annotations
@@ -17,7 +22,20 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "src"
-# Imported inside functions on purpose: slow to import, or needed by one command only.
+# Imported inside functions on purpose: slow to import, or needed by one command only. A local
+# import of anything else needs a reason on its line: `# lazy: <why>`.
+LAYERS = [
+    ("hafrm.version", "hafrm.errors", "hafrm.fileio", "hafrm.heads"),
+    ("hafrm.data",),
+    ("hafrm.modeling",),
+    ("hafrm.objectives",),
+    ("hafrm.config",),
+    ("hafrm.evaluation",),
+    ("hafrm.training",),
+    ("hafrm.experiments",),
+    ("hafrm.apps",),
+    ("hafrm", "hafrm.__main__"),
+]
 HEAVY = {"trl", "matplotlib", "datasets", "fastapi", "uvicorn", "huggingface_hub", "gguf", "peft", "httpx", "pyarrow"}
 
 
@@ -28,11 +46,20 @@ def module_name(path: Path) -> str:
 
 def imports(path: Path, modules: set[str]) -> tuple[set[str], list[tuple[int, str]]]:
     """(hafrm modules imported, [(line, package)] of function-local imports that are not HEAVY)."""
-    tree = ast.parse(path.read_text(), str(path))
+    source = path.read_text()
+    lines = source.splitlines()
+    tree = ast.parse(source, str(path))
     edges: set[str] = set()
     local: list[tuple[int, str]] = []
     functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
     in_function = {id(n) for f in functions for n in ast.walk(f) if n is not f}
+    type_only = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+        for stmt in node.body
+        for n in ast.walk(stmt)
+    }
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
@@ -41,11 +68,13 @@ def imports(path: Path, modules: set[str]) -> tuple[set[str], list[tuple[int, st
             names = [name if name in modules else node.module for name in full]
         else:
             continue
+        if id(node) in type_only:
+            continue
         for name in names:
             if name.split(".")[0] == "hafrm":
                 edges.add(name if name in modules else name.rpartition(".")[0])
         stray = sorted({n for n in names if n.split(".")[0] not in HEAVY})
-        if id(node) in in_function and stray:
+        if id(node) in in_function and stray and "# lazy:" not in lines[node.lineno - 1]:
             local.append((node.lineno, ", ".join(stray)))
     return edges, local
 
@@ -82,6 +111,17 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def layer(module: str) -> int:
+    """The index in LAYERS of the package `module` is in."""
+    package = ".".join(module.split(".")[:2])
+    return next(i for i, names in enumerate(LAYERS) if package in names or module in names)
+
+
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    """Imports from a module to one in a higher layer."""
+    return [f"{a} -> {b}" for a in sorted(graph) for b in sorted(graph[a]) if layer(b) > layer(a)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--graph", action="store_true", help="print each module's hafrm imports")
@@ -98,11 +138,17 @@ def main() -> int:
     found = cycles(graph)
     for component in found:
         print("import cycle: " + " <-> ".join(component))
+    up = upward(graph)
+    for edge in up:
+        print(f"import against the layers: {edge}")
     for line in stray:
         print(line)
     n_imports = sum(map(len, graph.values()))
-    print(f"{len(paths)} modules, {n_imports} imports, {len(found)} cycles, {len(stray)} stray local imports")
-    return 1 if found or stray else 0
+    print(
+        f"{len(paths)} modules, {n_imports} imports, {len(found)} cycles, {len(up)} against the layers, "
+        f"{len(stray)} stray local imports"
+    )
+    return 1 if found or up or stray else 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import yaml
 
 from hafrm.data.formats import FORMATS, PKU_LABELS, DataOptions, parse_mapping
 from hafrm.errors import ConfigError, DataError
+from hafrm.modeling.backbone import DEFAULT_MODEL
+from hafrm.objectives.haf import ALPHA_SCHEDULES
 from hafrm.objectives.losses import POLICY_LOSSES
 
 
@@ -51,18 +53,7 @@ SELECTION_METRICS: dict[str, bool | None] = {
 }
 
 PRECISIONS = ("auto", "fp32", "bf16")
-ALPHA_SCHEDULES = ("constant", "warmup", "decay")
 
-
-def alpha_factor(schedule: str, progress: float | None) -> float:
-    """The share of alpha applied at `progress` (0 = first step, 1 = last); None = outside training."""
-    if progress is None or schedule == "constant":
-        return 1.0
-    progress = min(max(progress, 0.0), 1.0)
-    return progress if schedule == "warmup" else 1.0 - progress
-
-
-DEFAULT_MODEL = "smollm2"
 
 # The concerns HafConfig's fields are grouped by (`hafrm train --help` shows one panel each).
 GROUPS: dict[str, str] = {

@@ -148,7 +148,7 @@ def test_training_stores_score_statistics_that_eval_reproduces(trained, tmp_path
 
 
 def test_eval_of_a_rewardbench_file_gives_its_section_scores(trained, tmp_path):
-    from hafrm.apps.rewardbench import REWARDBENCH_COUNTS, REWARDBENCH_SECTIONS
+    from hafrm.evaluation.rewardbench import REWARDBENCH_COUNTS, REWARDBENCH_SECTIONS
 
     out, _ = trained
     rows = []

@@ -12,7 +12,7 @@ from helpers import make_pairs, tiny_backbone
 def test_save_load_identical_scores(tokenizer, tmp_path):
     model = HybridRewardModel(tiny_backbone("qwen2", len(tokenizer)))
     torch.nn.init.normal_(model.reward_head.weight, std=0.5)
-    model.save_pretrained(tmp_path, hafrm_config={"mode": "hybrid", "inference_head": "reward", "beta": 0.1})
+    model.save_pretrained(tmp_path, model_card={"mode": "hybrid", "inference_head": "reward", "beta": 0.1})
     tokenizer.save_pretrained(tmp_path)
     pairs = make_pairs(5)
     prompts = [p.prompt for p in pairs]
@@ -36,7 +36,7 @@ def test_a_folder_saved_with_a_biased_head_loads_with_its_bias(tokenizer, tmp_pa
     torch.nn.init.normal_(head.weight, std=0.5)
     head.bias.data.fill_(0.25)
     model = HybridRewardModel(tiny_backbone("llama", len(tokenizer)), reward_head=head).eval()
-    model.save_pretrained(tmp_path, hafrm_config={"mode": "hybrid", "inference_head": "reward"})
+    model.save_pretrained(tmp_path, model_card={"mode": "hybrid", "inference_head": "reward"})
     tokenizer.save_pretrained(tmp_path)
     from hafrm.evaluation.scoring import RewardModel
 

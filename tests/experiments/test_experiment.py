@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from hafrm.apps.cli import app
-from hafrm.apps.rewardbench import REWARDBENCH_SECTIONS, rewardbench_sections
 from hafrm.errors import ConfigError
+from hafrm.evaluation.rewardbench import REWARDBENCH_SECTIONS, rewardbench_sections
 from hafrm.experiments import parse_experiment, plan_cells
 from hafrm.experiments.analysis import (
     accuracy_grid,

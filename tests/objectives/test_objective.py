@@ -187,11 +187,11 @@ def _one_step(tokenizer, tmp_path, batch_size, accumulation):
         train_dataset=pair_dataset(feats),
         eval_dataset=feats,
         data_collator=PairCollator(tokenizer.pad_token_id),
-        haf_config=cfg,
+        train_config=cfg,
         eval_pairs=tok.pairs,
         eval_features=feats,
         pad_token_id=tokenizer.pad_token_id,
-        hafrm_meta={},
+        model_card={},
     )
     trainer.train()
     return {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -196,11 +196,11 @@ def _hafrm_train(spec: BenchSpec, mode: str) -> dict:
             args=args,
             train_dataset=pair_dataset(pair_features(toks, ref)),
             data_collator=PairCollator(tokenizer.pad_token_id, pack_length=cfg.pack_length if spec.packing else None),
-            haf_config=cfg,
+            train_config=cfg,
             eval_pairs=[],
             eval_features=[],
             pad_token_id=tokenizer.pad_token_id,
-            hafrm_meta={},
+            model_card={},
             callbacks=[timer.callback],
         )
         trainer.train()

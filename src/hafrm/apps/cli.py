@@ -6,20 +6,34 @@ import dataclasses
 import inspect
 import json
 import logging
+import os
 import sys
 import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from transformers import AutoTokenizer
 
+from hafrm.apps.bench import CONTENDERS, BenchSpec, run_bench
+from hafrm.apps.commands import evaluate_model_dir, plot_scores, score_file
+from hafrm.apps.export import export_model
+from hafrm.apps.server import ServerSettings, create_app
 from hafrm.config import GROUPS, HafConfig, field_help, read_options
+from hafrm.data.inspect import convert_source, inspect_source
+from hafrm.data.io import summary_line
 from hafrm.errors import HafError
+from hafrm.evaluation.bon import BonSpec, ChatJudge, run_bon
+from hafrm.evaluation.scoring import RewardModel
+from hafrm.experiments import load_experiment, run_and_report, write_results
 from hafrm.heads import HEADS
+from hafrm.modeling.backbone import prepare_embedded, resolve_model
+from hafrm.training import recipe
 
 app = typer.Typer(
     add_completion=False,
@@ -108,9 +122,7 @@ def _train(config: Path | None = None, **fields: Any) -> None:
     """Train a reward model. With no arguments: HaF on the built-in task, embedded SmolLM2."""
     try:
         cfg = _build_config(config, fields)
-        from hafrm.training.recipe import train as run_train
-
-        result = run_train(cfg)
+        result = recipe.train(cfg)
     except HafError as e:
         _fail(str(e))
     print_eval_table(result.eval_result.metrics, title=f"held-out accuracy ({cfg.mode}, {result.eval_pairs} pairs)")
@@ -156,8 +168,6 @@ def eval_cmd(
     """Pairwise accuracy of every head of a trained model, overall, per source or skill, per subset,
     RewardBench's sections where their subsets are present; each head's score mean and std."""
     try:
-        from hafrm.apps.commands import evaluate_model_dir
-
         opts = _data_options(data_format, data_map, pku_label, pku_safety_filter, on_error)
         metrics = evaluate_model_dir(model_dir, data, opts, save_stats=save_stats)
     except HafError as e:
@@ -188,8 +198,6 @@ def score(
 ) -> None:
     """Score responses: one score per line, or the records with scores added (--output)."""
     try:
-        from hafrm.apps.commands import plot_scores, score_file
-
         lines = score_file(model_dir, input, head, batch_size, normalize=normalize)
         if plot:
             plot_scores(lines, plot, title=f"{model_dir.name}: {input.name}")
@@ -215,8 +223,6 @@ def export(
 ) -> None:
     """Export a model to the standard folders TRL, OpenRLHF, RewardBench and vLLM load, no hafrm needed."""
     try:
-        from hafrm.apps.export import export_model
-
         result = export_model(model_dir, to, out, overwrite=overwrite)
     except HafError as e:
         _fail(str(e))
@@ -262,9 +268,6 @@ def serve(
     try:
         import uvicorn
 
-        from hafrm.apps.server import ServerSettings, create_app
-        from hafrm.evaluation.scoring import RewardModel
-
         limits = [max_texts, max_chars, max_queue] + ([max_batch_tokens] if max_batch_tokens is not None else [])
         if min(limits) < 1 or timeout <= 0 or max_wait_ms < 0:
             raise HafError("the --max-* limits must be >= 1, --timeout > 0 and --max-wait-ms >= 0")
@@ -275,8 +278,6 @@ def serve(
             max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue_texts=max_queue,
             timeout_s=timeout, batching=batching, precision=precision,
         )  # fmt: skip
-        import torch
-
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
@@ -324,15 +325,9 @@ def data_inspect(
 ) -> None:
     """Detected format, pairs kept, ties and drops with reasons, prompts, duplicates, token lengths."""
     try:
-        from hafrm.data.inspect import inspect_source
-
         opts = _data_options(data_format, data_map, pku_label, pku_safety_filter)
         tokenizer = None
         if model:
-            from transformers import AutoTokenizer
-
-            from hafrm.modeling.backbone import resolve_model
-
             tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
         infos = [inspect_source(p, opts, tokenizer, max_length, max_prompt_length) for p in paths]
     except HafError as e:
@@ -355,9 +350,6 @@ def data_convert(
 ) -> None:
     """Write a source's pairs in hafrm's normalised JSONL, which `--data` reads back unchanged."""
     try:
-        from hafrm.data.inspect import convert_source
-        from hafrm.data.io import summary_line
-
         report = convert_source(path, _data_options(data_format, data_map, pku_label, pku_safety_filter, on_error), out)
     except HafError as e:
         _fail(str(e))
@@ -412,8 +404,6 @@ def bench(
     contender: list[str] | None = typer.Option(None, help="Run only these (repeatable); default: all."),
 ) -> None:
     """Throughput and memory of hafrm against TRL's RewardTrainer and DPOTrainer, and scoring."""
-    from hafrm.apps.bench import CONTENDERS, BenchSpec, run_bench
-
     unknown = sorted(set(contender or []) - set(CONTENDERS))
     if unknown:
         _fail(f"unknown contender(s) {unknown}; accepted: {', '.join(CONTENDERS)}")
@@ -439,8 +429,6 @@ def experiment(
 ) -> None:
     """Methods x datasets x seeds under one budget: accuracy in and out of distribution, mixed data,
     checkpoint selection, calibration, the alpha sweep; writes results.json and report.html."""
-    from hafrm.experiments import load_experiment, run_and_report, write_results
-
     try:
         spec = load_experiment(config)
         if report_only:
@@ -479,10 +467,6 @@ def bon(
     judge_model: str = typer.Option("gpt-4o-mini", help="Model name sent to --judge-url."),
 ) -> None:
     """Best-of-N: each reward model picks one of N sampled responses per prompt; the picks are judged."""
-    import os
-
-    from hafrm.evaluation.bon import BonSpec, ChatJudge, run_bon
-
     try:
         dirs = {}
         for item in model_dir:
@@ -516,8 +500,6 @@ def bon(
 def prepare_model(cache_dir: str | None = typer.Option(None, help=H("cache_dir"))) -> None:
     """Convert the embedded SmolLM2 (GGUF on PyPI) into a cached safetensors folder."""
     try:
-        from hafrm.modeling.backbone import prepare_embedded
-
         console.print(f"embedded model ready at {prepare_embedded(cache_dir)}")
     except HafError as e:
         _fail(str(e))

@@ -5,16 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hafrm.apps.rewardbench import section_metrics
+import numpy as np
+
 from hafrm.config import HafConfig
 from hafrm.data.formats import DataOptions, Notes, RecordError, convert, messages
 from hafrm.data.io import iter_records
 from hafrm.data.sources import read_held_out
 from hafrm.data.tokenize import PairTokenizer, pair_features
 from hafrm.errors import DataError, HafError
-from hafrm.evaluation.evaluate import HEADS, EvalResult, evaluate_pairs, score_stats
+from hafrm.evaluation.evaluate import EvalResult, evaluate_pairs, score_stats
+from hafrm.evaluation.rewardbench import section_metrics
 from hafrm.evaluation.scoring import STATS_KEY, RewardModel
 from hafrm.fileio import write_json_atomic
+from hafrm.heads import HEADS
 from hafrm.modeling.backbone import cache_root, load_backbone
 from hafrm.modeling.hybrid import HAFRM_CONFIG_FILE, HybridRewardModel
 from hafrm.training.reference import reference_logps
@@ -112,7 +115,6 @@ def score_file(
 def plot_scores(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """A histogram of scored records: chosen against rejected where the records are pairs."""
     import matplotlib
-    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -8,13 +8,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from hafrm.config import HafConfig
 from hafrm.data import builtin
 from hafrm.data.formats import DataOptions
 from hafrm.data.io import LoadReport, load_source, split_by_prompt, summary_line
 from hafrm.data.types import PreferencePair
 from hafrm.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # a run's config says how to read its sources; config itself imports data's formats
+    from hafrm.config import HafConfig
 
 # An empty system turn: without one, the chat template adds its own (18 tokens for SmolLM2).
 BUILTIN_SYSTEM_PROMPT = ""

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
+from transformers.utils.logging import tqdm  # the bars of the Trainer: shown in logs too
 
 from hafrm.config import HafConfig
 from hafrm.data import builtin
@@ -85,8 +85,7 @@ def generate_candidates(spec: BonSpec, prompts: list[PreferencePair], log_line=p
     texts = [tokenizer.apply_chat_template(p.prompt, tokenize=False, add_generation_prompt=True) for p in prompts]
     records: list[dict[str, Any]] = []
     per_temp = [sum(1 for i in range(spec.n) if i % len(spec.temperatures) == t) for t in range(len(spec.temperatures))]
-    # disable=None: no bar where stderr is not a terminal (a log file, a test)
-    bar = tqdm(total=spec.n * len(prompts), desc=f"sampling from {spec.policy}", unit="response", disable=None)
+    bar = tqdm(total=spec.n * len(prompts), desc=f"sampling from {spec.policy}", unit="response")
     for t, (temperature, k) in enumerate(zip(spec.temperatures, per_temp, strict=True)):
         if k == 0:
             continue

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm import tqdm
+from transformers.utils.logging import tqdm  # the bars of the Trainer: shown in logs too
 
 from hafrm.config import HafConfig
 from hafrm.data.tokenize import PairCollator, TokenizedPair
 from hafrm.heads import HEADS
+from hafrm.modeling.batching import eval_mode, length_batches
 from hafrm.modeling.hybrid import HybridRewardModel
 from hafrm.objectives.accuracy import accuracy
 from hafrm.objectives.haf import HybridObjective, mean_metrics, step_metrics
@@ -40,27 +41,24 @@ def evaluate_pairs(
 ) -> EvalResult:
     """Score every pair with both heads (the implicit one when reference log-probs exist)."""
     objective = HybridObjective(cfg)
-    was_training = model.training
-    model.eval()
     n = len(features)
-    order = sorted(range(n), key=lambda i: len(features[i]["chosen_ids"]) + len(features[i]["rejected_ids"]))
+    lengths = [len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in features]
     collate = PairCollator(pad_token_id, pack_length=cfg.pack_length if cfg.packing else None)
     rw, rl, iw, il = (torch.zeros(n) for _ in range(4))
     rows, weights, have_implicit = [], [], True
-    for start in tqdm(range(0, n, cfg.per_device_eval_batch_size), desc="evaluating", disable=None, leave=False):
-        idx = order[start : start + cfg.per_device_eval_batch_size]
-        batch = collate([features[i] for i in idx])
-        with_policy = objective.policy_ready(batch)
-        parts = objective(model, batch, with_policy=with_policy)
-        rows.append(step_metrics(parts))
-        weights.append(len(idx))
-        s = parts.scores
-        rw[idx], rl[idx] = s.reward_chosen.float().cpu(), s.reward_rejected.float().cpu()
-        if s.implicit_chosen is None:
-            have_implicit = False
-        else:
-            iw[idx], il[idx] = s.implicit_chosen.float().cpu(), s.implicit_rejected.float().cpu()
-    model.train(was_training)
+    with eval_mode(model):
+        for idx in tqdm(length_batches(lengths, cfg.per_device_eval_batch_size), desc="evaluating", leave=False):
+            batch = collate([features[i] for i in idx])
+            with_policy = objective.policy_ready(batch)
+            parts = objective(model, batch, with_policy=with_policy)
+            rows.append(step_metrics(parts))
+            weights.append(len(idx))
+            s = parts.scores
+            rw[idx], rl[idx] = s.reward_chosen.float().cpu(), s.reward_rejected.float().cpu()
+            if s.implicit_chosen is None:
+                have_implicit = False
+            else:
+                iw[idx], il[idx] = s.implicit_chosen.float().cpu(), s.implicit_rejected.float().cpu()
     metrics = mean_metrics(rows, weights)
     tags, subsets = [p.tag for p in pairs], [p.subset for p in pairs]
     result = EvalResult(

@@ -25,7 +25,7 @@ __all__ = [
 
 def write_results(spec: ExperimentSpec, out: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Analyse the finished cells of `out`; write results.json, the PNGs and report.html."""
-    from hafrm.experiments.report import write_report
+    from hafrm.experiments.report import write_report  # lazy: it imports matplotlib
 
     cells, stale = load_cells(out, spec)
     candidates = load_candidates(spec, out)

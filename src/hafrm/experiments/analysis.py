@@ -13,9 +13,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from hafrm.apps.rewardbench import rewardbench_sections
-from hafrm.experiments.runner import HEAD_KEYS
+from hafrm.evaluation.bon import groups, picks, topk_recall, win_rate
+from hafrm.evaluation.rewardbench import rewardbench_sections
 from hafrm.experiments.spec import MIXED, ExperimentSpec
+from hafrm.heads import HEAD_NAMES, SCORE_KEYS
 from hafrm.objectives.accuracy import accuracy
 
 SELECTION = ("reward", "accuracy", "loss", "margin", "step")
@@ -47,7 +48,7 @@ def rows_of(cell: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def head_accuracy(scores: dict[str, Any], head: str) -> float:
-    c, r = HEAD_KEYS[head]
+    c, r = SCORE_KEYS[head]
     if c not in scores:
         return float("nan")
     return mean(pair_accuracy(scores[c], scores[r]))
@@ -143,7 +144,7 @@ def external(cells: list[dict[str, Any]]) -> dict[str, Any]:
             if not key.startswith("external/"):
                 continue
             for row, head in rows_of(cell):
-                c, r = HEAD_KEYS[head]
+                c, r = SCORE_KEYS[head]
                 if c not in scores:
                     continue
                 per_pair = pair_accuracy(scores[c], scores[r])
@@ -163,7 +164,7 @@ def external(cells: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _criterion(scores: dict[str, Any], head: str, idx: list[int], criterion: str) -> float:
-    c, r = HEAD_KEYS[head]
+    c, r = SCORE_KEYS[head]
     cs, rs = [scores[c][i] for i in idx], [scores[r][i] for i in idx]
     if criterion == "accuracy":
         return mean(pair_accuracy(cs, rs))
@@ -192,7 +193,7 @@ def checkpoint_selection(cells: list[dict[str, Any]]) -> dict[str, Any]:
         if len(steps) < 2:
             continue
         for row, head in rows_of(cell):
-            if HEAD_KEYS[head][0] not in steps[0]["scores"][train]:
+            if SCORE_KEYS[head][0] not in steps[0]["scores"][train]:
                 continue
             first = steps[0]["scores"][train]
             n = len(first["subsets"])
@@ -225,7 +226,7 @@ def calibration(cells: list[dict[str, Any]]) -> dict[str, Any]:
         if not scores:
             continue
         for row, head in rows_of(cell):
-            c, r = HEAD_KEYS[head]
+            c, r = SCORE_KEYS[head]
             if c in scores:
                 pooled[row] += [a - b for a, b in zip(scores[c], scores[r], strict=True)]
     out = {}
@@ -262,7 +263,7 @@ def alpha_sweep(cells: list[dict[str, Any]], spec: ExperimentSpec) -> dict[str, 
             continue
         scores = cell["scores"][sweep.dataset]
         schedule = cell.get("alpha_schedule", "constant")
-        for head in ("reward", "implicit"):
+        for head in HEAD_NAMES:
             if schedule == "constant":
                 by_alpha[cell["alpha"]][head].append(head_accuracy(scores, head))
             if schedule != "constant" or info["kind"] == "main":
@@ -283,8 +284,6 @@ def best_of_n(
     candidates' own rate (a random pick's expectation) and the oracle's (any candidate correct).
     With a judge model's scores: the judge's mean score of the picks, top-k recall against the
     judge's ranking, and win rates between rows, paired by training set and seed."""
-    from hafrm.evaluation.bon import groups, picks, topk_recall
-
     if not candidates:
         return {}
     gold = all("gold" in c for c in candidates)
@@ -330,8 +329,6 @@ def best_of_n(
 def _paired_win_rates(picked_by: dict[str, dict], judge: list[float]) -> dict[str, Any]:
     """How often row A's pick scores above row B's by the judge (a tie half), per cell pairing
     the two rows by training set and seed; mean ± std over those cells."""
-    from hafrm.evaluation.bon import win_rate
-
     wins = {}
     rows = list(picked_by)
     for i, a in enumerate(rows):
@@ -358,7 +355,7 @@ def _correct(cells: list[dict[str, Any]]) -> tuple[dict, dict[str, str]]:
     modes = {}
     for cell in _by(cells, "main"):
         for row, head in rows_of(cell):
-            c, r = HEAD_KEYS[head]
+            c, r = SCORE_KEYS[head]
             modes[row] = cell["mode"]
             for test, scores in cell["scores"].items():
                 if c in scores and not test.startswith("external/"):

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from hafrm.experiments.analysis import SELECTION, rows_of  # noqa: E402
-from hafrm.experiments.runner import HEAD_KEYS  # noqa: E402
+from hafrm.heads import HEAD_NAMES, SCORE_KEYS  # noqa: E402
 
 
 def _stat(v: dict[str, Any] | float | None, digits: int = 3) -> str:
@@ -115,7 +115,7 @@ def fig_histograms(cells: list[dict[str, Any]], out: Path) -> Path | None:
     for c in cells:
         scores = c["scores"].get(c["cell"]["train"]) if c["cell"]["kind"] == "main" else None
         for row, head in rows_of(c) if scores else []:
-            k_c, k_r = HEAD_KEYS[head]
+            k_c, k_r = SCORE_KEYS[head]
             if k_c in scores:
                 pooled[row][0].extend(scores[k_c])
                 pooled[row][1].extend(scores[k_r])
@@ -199,7 +199,7 @@ def fig_alpha(results: dict[str, Any], out: Path) -> Path | None:
         return None
     alphas = list(sweep["alphas"])
     fig, ax = plt.subplots(figsize=(4.6, 3.2))
-    for head in ("reward", "implicit"):
+    for head in HEAD_NAMES:
         vals = [sweep["alphas"][a].get(head) for a in alphas]
         ax.errorbar(range(len(alphas)), [v["mean"] for v in vals], yerr=[v["std"] for v in vals], marker="o",
                     capsize=3, label=f"{head} head")  # fmt: skip

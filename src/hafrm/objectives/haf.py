@@ -6,11 +6,11 @@ The objective returns the step's loss parts; `step_metrics` turns them into the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from hafrm.config import HafConfig, alpha_factor
 from hafrm.heads import HEADS
 from hafrm.modeling.hybrid import HybridOutput, HybridRewardModel, model_inputs
 from hafrm.objectives.accuracy import accuracy
@@ -21,6 +21,20 @@ from hafrm.objectives.losses import (
     build_policy_loss,
     reward_centering_loss,
 )
+
+if TYPE_CHECKING:  # the objective reads a config's fields; config imports the loss registry from here
+    from hafrm.config import HafConfig
+
+# How alpha moves over training: the share of it applied at each point.
+ALPHA_SCHEDULES = ("constant", "warmup", "decay")
+
+
+def alpha_factor(schedule: str, progress: float | None) -> float:
+    """The share of alpha applied at `progress` (0 = first step, 1 = last); None = outside training."""
+    if progress is None or schedule == "constant":
+        return 1.0
+    progress = min(max(progress, 0.0), 1.0)
+    return progress if schedule == "warmup" else 1.0 - progress
 
 
 @dataclass(frozen=True, kw_only=True)

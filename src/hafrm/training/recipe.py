@@ -346,11 +346,11 @@ def fit(cfg: HafConfig, setup: ModelSetup, data: TrainData, refs: References, pr
         eval_dataset=eval_features,  # our evaluate() reads eval_pairs/eval_features directly
         data_collator=PairCollator(setup.pad_id, pack_length=cfg.pack_length if cfg.packing else None),
         processing_class=setup.tokenizer,
-        haf_config=cfg,
+        train_config=cfg,
         eval_pairs=data.eval_tok.pairs,
         eval_features=eval_features,
         pad_token_id=setup.pad_id,
-        hafrm_meta=card,
+        model_card=card,
         bf16_steps=precision == "bf16",
     )
     resume = get_last_checkpoint(cfg.output_dir) if cfg.resume and Path(cfg.output_dir).is_dir() else None

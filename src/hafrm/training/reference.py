@@ -16,9 +16,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
+from transformers.utils.logging import tqdm  # the bars of the Trainer: shown in logs too
 
 from hafrm.data.tokenize import PairCollator, TokenizedPair, pair_features
+from hafrm.fileio import atomic_path
+from hafrm.modeling.batching import eval_mode, length_batches
 from hafrm.modeling.hybrid import HybridRewardModel, model_inputs
 
 log = logging.getLogger(__name__)
@@ -59,24 +61,20 @@ def compute_logps(
 ) -> torch.Tensor:
     """Summed response log-probs for every pair, (N, 2); batches are formed by length, and
     packed into rows of `pack_length` tokens when it is given (padded otherwise)."""
-    was_training = model.training
-    model.eval()
     features = pair_features(pairs, None)
-    order = sorted(range(len(features)), key=lambda i: max(len(pairs[i].chosen_ids), len(pairs[i].rejected_ids)))
+    lengths = [max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs]
     collate = PairCollator(pad_token_id, pack_length=pack_length)
     out = torch.zeros(len(features), 2)
-    # disable=None: no bar where stderr is not a terminal (a log file, a test)
-    bar = tqdm(total=len(order), desc="reference log-probs", unit="pair", disable=None)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = collate([features[i] for i in idx])
-        res = model(**model_inputs(batch))
-        B = len(idx)
-        out[idx, 0] = res.logps[:B].float().cpu()
-        out[idx, 1] = res.logps[B:].float().cpu()
-        bar.update(B)
+    bar = tqdm(total=len(features), desc="reference log-probs", unit="pair")
+    with eval_mode(model):
+        for idx in length_batches(lengths, batch_size):
+            batch = collate([features[i] for i in idx])
+            res = model(**model_inputs(batch))
+            B = len(idx)
+            out[idx, 0] = res.logps[:B].float().cpu()
+            out[idx, 1] = res.logps[B:].float().cpu()
+            bar.update(B)
     bar.close()
-    model.train(was_training)
     return out
 
 
@@ -101,8 +99,6 @@ def reference_logps(
             return ReferenceResult(logps, path, hit=True)
         log.warning("reference cache %s has the wrong shape; recomputing", path)
     logps = compute_logps(model, pairs, pad_token_id, batch_size, pack_length)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"logps": logps.contiguous()}, str(tmp), metadata={"pairs": str(len(pairs))})
-    tmp.replace(path)  # atomic: a killed run never leaves a half-written cache file
+    with atomic_path(path) as tmp:  # a killed run never leaves a half-written cache file
+        save_file({"logps": logps.contiguous()}, str(tmp), metadata={"pairs": str(len(pairs))})
     return ReferenceResult(logps, path, hit=False)

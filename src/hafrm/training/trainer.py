@@ -27,21 +27,21 @@ class HafTrainer(Trainer):
     def __init__(
         self,
         *args: Any,
-        haf_config: HafConfig,
+        train_config: HafConfig,
         eval_pairs: list[TokenizedPair],
         eval_features: list[dict[str, Any]],
         pad_token_id: int,
-        hafrm_meta: dict[str, Any],
+        model_card: dict[str, Any],
         bf16_steps: bool = False,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
-        self.haf_config = haf_config
-        self.objective = HybridObjective(haf_config)
+        self.train_config = train_config
+        self.objective = HybridObjective(train_config)
         self.eval_pairs = eval_pairs
         self.eval_features = eval_features
         self.pad_token_id = pad_token_id
-        self.hafrm_meta = hafrm_meta
+        self.model_card = model_card
         self.bf16_steps = bf16_steps
         self._train_metrics: dict[str, list[float]] = defaultdict(list)
         self.eval_history: dict[int, EvalResult] = {}  # step -> eval of that step's weights
@@ -54,7 +54,7 @@ class HafTrainer(Trainer):
             head = list(model.reward_head.parameters())
             head_ids = {id(p) for p in head}
             body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
-            cfg = self.haf_config
+            cfg = self.train_config
             groups = [
                 {"params": body, "weight_decay": cfg.weight_decay},
                 {"params": head, "weight_decay": 0.0, "lr": cfg.reward_head_learning_rate or cfg.learning_rate},
@@ -83,7 +83,7 @@ class HafTrainer(Trainer):
         super().log(logs, start_time)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        result = evaluate_pairs(self.model, self.haf_config, self.eval_pairs, self.eval_features, self.pad_token_id)
+        result = evaluate_pairs(self.model, self.train_config, self.eval_pairs, self.eval_features, self.pad_token_id)
         self.eval_history[self.state.global_step] = result
         metrics = {
             f"{metric_key_prefix}_{k}": v for k, v in result.metrics.items() if not k.startswith(("tag/", "subset/"))
@@ -97,7 +97,7 @@ class HafTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir or self.args.output_dir
         model: HybridRewardModel = self.accelerator.unwrap_model(self.model)
-        model.save_pretrained(output_dir, hafrm_config=self.hafrm_meta)
+        model.save_pretrained(output_dir, model_card=self.model_card)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
