@@ -258,7 +258,7 @@ def serve(
         None, help="Tokens per forward, shared by requests arriving together (default 1024 on CPU, 16384 on GPU)."
     ),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N, or auto (cuda if there is one)."),
-    precision: str = typer.Option("fp32", help="fp32 (the numbers of `hafrm score`), bf16 (faster), or auto."),
+    precision: str = typer.Option("fp32", help="fp32 (the numbers of `hafrm score`), bf16 (autocast), or auto."),
     max_wait_ms: float = typer.Option(5.0, help="How long a request waits for others to batch with."),
     max_queue: int = typer.Option(4096, help="Texts waiting, at most (503 beyond)."),
     timeout: float = typer.Option(120.0, help="Seconds per request, queue included (504 beyond)."),

@@ -274,9 +274,9 @@ def _problem_couples(op: str) -> Iterator[tuple[tuple[int, int], tuple[int, int]
 
     Small numbers on purpose: sums and differences of operands up to 30 move one operand by 1 or
     2 (the answer is off by 1 or 2); products from the times tables (one-digit a, b < 13) move b
-    by one, so the answer is one group of a off. The embedded 135M model's zero-shot log-probs
-    prefer the right answer on about 68% of these pairs (80% of the products); a reward head fine-
-    tuned on them learns to verify them, given enough steps (README, "What holds the reward head back").
+    by one, so the answer is one group of a off. Small enough that the embedded model's zero-shot
+    log-probs already lean to the right answer, so a reward head can learn to verify them within a
+    CPU budget (docs/results.md, "What held the reward head back").
     """
     if op == "multiply":
         for a in range(2, 10):

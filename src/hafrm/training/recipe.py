@@ -236,7 +236,7 @@ def setup_prefix_cache(cfg: HafConfig, setup: ModelSetup, data: TrainData, train
         with torch.autocast(model.device.type, torch.bfloat16, enabled=bf16):
             seqs = [s for p in tok.pairs for s in (p.chosen_ids, p.rejected_ids)]
             hits.append(fill(model, seqs, cache_root(cfg.cache_dir), fingerprint + (":bf16-autocast" if bf16 else ""),
-                             setup.pad_id, cfg.pack_length)[1])  # fmt: skip
+                             setup.pad_id, cfg.pack_length).hit)  # fmt: skip
     log.info("frozen-prefix cache: %d sequences, %.0f MiB, %d of %d sets from disk", len(cache),
              cache.bytes / 2**20, sum(hits), len(hits))  # fmt: skip
     return FrozenPrefix(cache=cache)
