@@ -130,41 +130,21 @@ def sft_loss(lp: PolicyLogps) -> PolicyLossOutput:
 class PolicyLossSpec:
     """A registered policy loss. Its hyperparameters are HafConfig fields, named in `params` and
     passed to `fn` by keyword under those names; `reward_params` likewise to `implicit_reward`.
-    A new loss with a new hyperparameter is its function, its entry here and its HafConfig field."""
+    A new loss with a new hyperparameter is its function, its entry here and its HafConfig field.
+    The defaults are the DPO family's: beta, against the reference, scored by beta*(logp - ref)."""
 
     fn: Callable[..., PolicyLossOutput]  # (PolicyLogps, **params) -> per-pair losses, detached rewards
-    params: tuple[str, ...]
-    implicit_reward: Callable[..., Tensor]  # (ResponseLogps, **reward_params) -> (B,), the head's score
-    reward_params: tuple[str, ...]
-    needs_reference: bool
     help: str
+    params: tuple[str, ...] = ("beta",)
+    implicit_reward: Callable[..., Tensor] = reference_implicit_reward  # (ResponseLogps, **reward_params) -> (B,)
+    reward_params: tuple[str, ...] = ("beta",)
+    needs_reference: bool = True
 
 
 POLICY_LOSSES: dict[str, PolicyLossSpec] = {
-    "sigmoid": PolicyLossSpec(
-        fn=sigmoid_loss,
-        params=("beta",),
-        implicit_reward=reference_implicit_reward,
-        reward_params=("beta",),
-        needs_reference=True,
-        help="DPO (default)",
-    ),
-    "ipo": PolicyLossSpec(
-        fn=ipo_loss,
-        params=("beta",),
-        implicit_reward=reference_implicit_reward,
-        reward_params=("beta",),
-        needs_reference=True,
-        help="IPO",
-    ),
-    "hinge": PolicyLossSpec(
-        fn=hinge_loss,
-        params=("beta",),
-        implicit_reward=reference_implicit_reward,
-        reward_params=("beta",),
-        needs_reference=True,
-        help="SLiC",
-    ),
+    "sigmoid": PolicyLossSpec(fn=sigmoid_loss, help="DPO (default)"),
+    "ipo": PolicyLossSpec(fn=ipo_loss, help="IPO"),
+    "hinge": PolicyLossSpec(fn=hinge_loss, help="SLiC"),
     "simpo": PolicyLossSpec(
         fn=simpo_loss,
         params=("beta", "simpo_gamma"),
