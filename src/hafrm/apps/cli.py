@@ -2,37 +2,42 @@
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 import logging
 import os
 import sys
-import typing
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import torch
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
-from transformers import AutoTokenizer
 
 from hafrm.apps.bench import CONTENDERS, BenchSpec, run_bench
 from hafrm.apps.commands import evaluate_model_dir, plot_scores, score_file
+from hafrm.apps.config_options import (
+    FormatOption,
+    MapOption,
+    OnErrorOption,
+    PkuFilterOption,
+    PkuLabelOption,
+    build_config,
+    config_parameters,
+    data_options,
+)
+from hafrm.apps.console import console, fail, print_eval_table
+from hafrm.apps.data_cli import data_app
 from hafrm.apps.export import export_model
 from hafrm.apps.server import ServerSettings, create_app
-from hafrm.config import GROUPS, HafConfig, field_help, read_options
-from hafrm.data.inspect import convert_source, inspect_source
-from hafrm.data.io import summary_line
+from hafrm.config import field_help
 from hafrm.errors import HafError
 from hafrm.evaluation.bon import BonSpec, ChatJudge, run_bon
 from hafrm.evaluation.scoring import RewardModel
 from hafrm.experiments import load_experiment, run_and_report, write_results
 from hafrm.heads import HEADS
-from hafrm.modeling.backbone import prepare_embedded, resolve_model
+from hafrm.modeling.backbone import prepare_embedded
 from hafrm.training import recipe
 
 app = typer.Typer(
@@ -41,90 +46,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Train, evaluate and serve HaF reward models.",
 )
-console = Console(stderr=True)
+app.add_typer(data_app, name="data")
 H = field_help
-
-
-# Options shared by the commands that read data (`train` has its own: its defaults come from HafConfig).
-FormatOption = Annotated[str | None, typer.Option("--format", help=H("data_format"))]
-MapOption = Annotated[list[str] | None, typer.Option("--map", help=H("data_map"))]
-OnErrorOption = Annotated[str, typer.Option(help=H("on_error"))]
-PkuLabelOption = Annotated[str, typer.Option(help=H("pku_label"))]
-PkuFilterOption = Annotated[bool, typer.Option("--pku-safety-filter", help=H("pku_safety_filter"))]
-
-
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
-def _build_config(config: Path | None, overrides: dict[str, Any]) -> HafConfig:
-    """The YAML file's fields (if any), then every flag given: a flag left out (None) keeps the file's value."""
-    base = HafConfig.from_yaml(config).to_dict() if config else {}
-    base.update({k: _unset(v) for k, v in overrides.items() if v is not None and v != []})
-    return HafConfig.from_dict(base)
-
-
-# `hafrm train` has one flag per HafConfig field, --field-name (plus these older spellings), made
-# from the field's type, help and group, so a new field gets its flag without an edit here.
-TRAIN_ALIASES = {"per_device_train_batch_size": "--batch-size", "data_format": "--format", "data_map": "--map"}
-UNSET = "none"  # given to an optional number's flag: set the field to None (e.g. over a YAML value)
-
-
-class _Unset:
-    """What UNSET parses to: a flag that was given and sets its field to None (a flag left out is None)."""
-
-
-def _unset(value: Any) -> Any:
-    return None if isinstance(value, _Unset) else value
-
-
-def _number_or_unset(kind: type) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        if text.strip().lower() == UNSET:
-            return _Unset()
-        try:
-            return kind(text)
-        except ValueError:
-            raise ValueError(f"{text!r} is neither {kind.__name__} nor '{UNSET}'") from None
-
-    return parse
-
-
-def _train_option(f: dataclasses.Field, kind: Any) -> inspect.Parameter:
-    """A HafConfig field as a `hafrm train` option; its default is None (overrides nothing), and
-    --help shows the field's default."""
-    flags = ["--" + f.name.replace("_", "-")] + ([TRAIN_ALIASES[f.name]] if f.name in TRAIN_ALIASES else [])
-    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-    text, extra = f.metadata["help"], {}
-    optional = type(None) in typing.get_args(kind)
-    if optional:
-        kind = next(a for a in typing.get_args(kind) if a is not type(None))
-    if kind is bool:
-        flags = [f"{flag}/--no-{flag[2:]}" for flag in flags]
-        shown = ("" if default else "no-") + f.name.replace("_", "-")
-    elif isinstance(default, list):
-        shown = " ".join(default) or "none"
-    else:
-        shown = UNSET if default is None else str(default)
-    if optional and kind is not str:
-        extra = {"parser": _number_or_unset(kind), "metavar": f"<{kind.__name__}>"}
-        text += f" '{UNSET}' unsets it."
-    group = GROUPS[f.metadata["group"]]
-    text += escape(f" [default: {shown}]")  # the field's default: the option's own is None
-    option = typer.Option(*flags, help=text, rich_help_panel=group, **extra)
-    return inspect.Parameter(
-        f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind | None, option]
-    )
 
 
 def _train(config: Path | None = None, **fields: Any) -> None:
     """Train a reward model. With no arguments: HaF on the built-in task, embedded SmolLM2."""
     try:
-        cfg = _build_config(config, fields)
+        cfg = build_config(config, fields)
         result = recipe.train(cfg)
     except HafError as e:
-        _fail(str(e))
+        fail(str(e))
     print_eval_table(result.eval_result.metrics, title=f"held-out accuracy ({cfg.mode}, {result.eval_pairs} pairs)")
     m = result.metrics
     console.print(
@@ -138,16 +70,7 @@ def _train(config: Path | None = None, **fields: Any) -> None:
     )
 
 
-_CONFIG_OPTION = typer.Option("--config", help="YAML file of HafConfig fields; the flags given override it.")
-_HINTS = typing.get_type_hints(HafConfig)
-_train.__signature__ = inspect.Signature(
-    [
-        inspect.Parameter(
-            "config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Path | None, _CONFIG_OPTION]
-        ),
-        *(_train_option(f, _HINTS[f.name]) for f in dataclasses.fields(HafConfig)),
-    ]
-)
+_train.__signature__ = inspect.Signature(config_parameters())
 train = app.command("train")(_train)
 
 
@@ -168,10 +91,10 @@ def eval_cmd(
     """Pairwise accuracy of every head of a trained model, overall, per source or skill, per subset,
     RewardBench's sections where their subsets are present; each head's score mean and std."""
     try:
-        opts = _data_options(data_format, data_map, pku_label, pku_safety_filter, on_error)
+        opts = data_options(data_format, data_map, pku_label, pku_safety_filter, on_error)
         metrics = evaluate_model_dir(model_dir, data, opts, save_stats=save_stats)
     except HafError as e:
-        _fail(str(e))
+        fail(str(e))
     print_eval_table(metrics, title=f"accuracy of {model_dir}")
     heads = [h for h in HEADS.values() if f"{h}/mean" in metrics]
     console.print(
@@ -203,7 +126,7 @@ def score(
             plot_scores(lines, plot, title=f"{model_dir.name}: {input.name}")
             console.print(f"wrote {plot}", highlight=False)
     except HafError as e:
-        _fail(str(e))
+        fail(str(e))
     if output:
         output.write_text("".join(json.dumps(r) + "\n" for r in lines))
         console.print(f"wrote {len(lines)} scored records to {output}")
@@ -225,7 +148,7 @@ def export(
     try:
         result = export_model(model_dir, to, out, overwrite=overwrite)
     except HafError as e:
-        _fail(str(e))
+        fail(str(e))
     if result.target == "seq-cls":
         if result.pad_token_added:
             console.print(
@@ -287,7 +210,7 @@ def serve(
         rm = RewardModel.from_pretrained(model_dir).to(device)
         server_app = create_app(rm, settings)
     except HafError as e:
-        _fail(str(e))
+        fail(str(e))
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         console.print(f"[yellow]warning:[/] listening on {host} with no --api-key: anyone who reaches it can use it")
     service = server_app.state.service
@@ -295,98 +218,6 @@ def serve(
                   f"http://{host}:{port}; OpenRLHF: --reward.remote_url http://{host}:{port}/get_reward",
                   highlight=False)  # fmt: skip
     uvicorn.run(server_app, host=host, port=port, log_level="warning")
-
-
-data_app = typer.Typer(no_args_is_help=True, help="Look at preference data and convert it.")
-app.add_typer(data_app, name="data")
-
-
-def _data_options(data_format, data_map, pku_label, pku_safety_filter, on_error="raise"):
-    return read_options(
-        data_format=data_format,
-        data_map=data_map or [],
-        on_error=on_error,
-        pku_label=pku_label,
-        pku_safety_filter=pku_safety_filter,
-    )
-
-
-@data_app.command("inspect")
-def data_inspect(
-    paths: list[str] = typer.Argument(..., help="Files (.jsonl/.json/.parquet/.csv[.gz]) or Hub dataset ids."),
-    data_format: FormatOption = None,
-    data_map: MapOption = None,
-    pku_label: PkuLabelOption = "safer",
-    pku_safety_filter: PkuFilterOption = False,
-    model: str | None = typer.Option("smollm2", help="Tokenizer for the token-length figures ('' to skip)."),
-    max_length: int = typer.Option(512, help=H("max_length")),
-    max_prompt_length: int = typer.Option(256, help=H("max_prompt_length")),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as JSON here."),
-) -> None:
-    """Detected format, pairs kept, ties and drops with reasons, prompts, duplicates, token lengths."""
-    try:
-        opts = _data_options(data_format, data_map, pku_label, pku_safety_filter)
-        tokenizer = None
-        if model:
-            tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
-        infos = [inspect_source(p, opts, tokenizer, max_length, max_prompt_length) for p in paths]
-    except HafError as e:
-        _fail(str(e))
-    for info in infos:
-        print_inspect(info)
-    if json_out:
-        json_out.write_text(json.dumps(infos, indent=2) + "\n")
-
-
-@data_app.command("convert")
-def data_convert(
-    path: str = typer.Argument(..., help="A file or Hub dataset id in any format `data inspect` reads."),
-    out: Path = typer.Option(..., "--out", help="Normalised JSONL (prompt as messages, chosen, rejected)."),
-    data_format: FormatOption = None,
-    data_map: MapOption = None,
-    on_error: OnErrorOption = "raise",
-    pku_label: PkuLabelOption = "safer",
-    pku_safety_filter: PkuFilterOption = False,
-) -> None:
-    """Write a source's pairs in hafrm's normalised JSONL, which `--data` reads back unchanged."""
-    try:
-        report = convert_source(path, _data_options(data_format, data_map, pku_label, pku_safety_filter, on_error), out)
-    except HafError as e:
-        _fail(str(e))
-    console.print(summary_line(report), highlight=False)
-    console.print(f"wrote {report.kept} pairs to {out}", highlight=False)
-
-
-def print_inspect(info: dict[str, Any]) -> None:
-    """One source's figures as a two-column table, to stdout."""
-    table = Table(title=f"{info['path']}", show_header=False)
-    table.add_column("what")
-    table.add_column("value", overflow="fold")
-    table.add_row("format", info["format"])
-    table.add_row("records read", str(info["records"]))
-    table.add_row("pairs (before bad-record skips)", str(info["pairs"]))
-    table.add_row("pairs kept", f"[bold]{info['kept']}[/]")
-    for reason, n in sorted(info["dropped"].items()):
-        table.add_row("dropped", f"{n}  {reason}")
-    for kind, n in sorted(info["skipped"].items()):
-        table.add_row("bad records", f"{n}  {kind}  (first: {info['first_error'][kind]})")
-    for note, n in sorted(info["notes"].items()):
-        table.add_row("note", f"{n}  {note}")
-    table.add_row("distinct prompts", str(info["prompts"]))
-    table.add_row("multi-turn prompts", str(info["multi_turn_prompts"]))
-    table.add_row("duplicate pairs", str(info["duplicate_pairs"]))
-    if info["subsets"]:
-        largest = sorted(info["subsets"].items(), key=lambda kv: (-kv[1], kv[0]))
-        shown = ", ".join(f"{k} {v}" for k, v in largest[:6]) + (" …" if len(largest) > 6 else "")
-        table.add_row("subsets", f"{len(largest)}: {shown}")
-    for name, pct in info.get("tokens", {}).items():
-        table.add_row(f"tokens: {name}", "  ".join(f"{k} {v}" for k, v in pct.items()))
-    if "tokenisation" in info:
-        t = info["tokenisation"]
-        cut = ", ".join(f"{n} {what}" for what, n in sorted(t["truncated"].items())) or "none"
-        drop = ", ".join(f"{n} {why}" for why, n in sorted(t["dropped"].items())) or "none"
-        table.add_row(f"at max_length {t['max_length']}", f"{t['kept']} kept; truncated: {cut}; dropped: {drop}")
-    Console().print(table)
 
 
 @app.command()
@@ -406,14 +237,14 @@ def bench(
     """Throughput and memory of hafrm against TRL's RewardTrainer and DPOTrainer, and scoring."""
     unknown = sorted(set(contender or []) - set(CONTENDERS))
     if unknown:
-        _fail(f"unknown contender(s) {unknown}; accepted: {', '.join(CONTENDERS)}")
+        fail(f"unknown contender(s) {unknown}; accepted: {', '.join(CONTENDERS)}")
     spec = BenchSpec(model, data, pairs, batch_size, steps, max_length, packing=packing)
     if contender:
         spec.contenders = list(contender)
     try:
         report = run_bench(spec, log=lambda m: console.print(m, highlight=False))
     except HafError as e:
-        _fail(str(e))
+        fail(str(e))
     out.write_text(json.dumps(report, indent=2) + "\n")
     for key, value in report.items():
         if key.startswith(("ratio/", "fraction_")):
@@ -437,7 +268,7 @@ def experiment(
             return
         run, _ = run_and_report(spec, output_dir, log_line=lambda m: console.print(m, highlight=False))
     except HafError as e:
-        _fail(str(e))
+        fail(str(e))
     console.print(
         f"{len(run.done)} cells run, {len(run.reused)} reused, {len(run.failed)} failed; "
         f"wrote {output_dir / 'results.json'} and {output_dir / 'report.html'}",
@@ -481,7 +312,7 @@ def bon(
         chat = ChatJudge(judge_url, judge_model, os.environ.get("HAFRM_JUDGE_API_KEY")) if judge_url else None
         report = run_bon(spec, dirs, output_dir, judge, chat, log_line=lambda m: console.print(m, highlight=False))
     except (HafError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     table = Table(title=f"Best-of-{n} on {report['prompts']} prompts")
     columns = sorted({k for m in report["methods"].values() for k in m if k != "top_k_recall"})
     recalls = sorted({k for m in report["methods"].values() for k in m.get("top_k_recall", {})}, key=int)
@@ -502,26 +333,7 @@ def prepare_model(cache_dir: str | None = typer.Option(None, help=H("cache_dir")
     try:
         console.print(f"embedded model ready at {prepare_embedded(cache_dir)}")
     except HafError as e:
-        _fail(str(e))
-
-
-def print_eval_table(metrics: dict[str, float], title: str) -> None:
-    """Accuracy per head (columns) overall, per tag and then per subset (rows), to stdout."""
-    heads = [h for h in HEADS.values() if f"{h}/accuracy" in metrics]
-    table = Table(title=title, caption="pairwise accuracy; ties count 0.5")
-    table.add_column("subset")
-    for h in heads:
-        table.add_column(h, justify="right")
-    for kind in ("tag", "subset", "rewardbench"):
-        names = sorted({k.split("/")[1] for k in metrics if k.startswith(f"{kind}/")})
-        for name in names:
-            cells = [f"{metrics.get(f'{kind}/{name}/{h}/accuracy', float('nan')):.3f}" for h in heads]
-            label = {"tag": name, "subset": f"  {name}", "rewardbench": f"RewardBench {name}"}[kind]
-            table.add_row(label, *cells)
-        if names:
-            table.add_section()
-    table.add_row("[bold]all[/]", *[f"[bold]{metrics[f'{h}/accuracy']:.3f}[/]" for h in heads])
-    Console().print(table)
+        fail(str(e))
 
 
 def main() -> None:

@@ -1,0 +1,110 @@
+"""HafConfig as command-line options: one --field-name flag per field, made from its metadata
+(type, help, group, default), so a new field gets its flag without an edit to the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from hafrm.config import GROUPS, HafConfig, field_help, read_options
+from hafrm.data.formats import DataOptions
+
+# Older spellings, kept beside --field-name.
+TRAIN_ALIASES = {"per_device_train_batch_size": "--batch-size", "data_format": "--format", "data_map": "--map"}
+UNSET = "none"  # given to an optional number's flag: set the field to None (e.g. over a YAML value)
+_CONFIG_OPTION = typer.Option("--config", help="YAML file of HafConfig fields; the flags given override it.")
+
+
+def config_parameters() -> list[inspect.Parameter]:
+    """`--config FILE`, then one keyword parameter per HafConfig field, for a command's `__signature__`."""
+    hints = typing.get_type_hints(HafConfig)
+    config = inspect.Parameter(
+        "config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Path | None, _CONFIG_OPTION]
+    )
+    return [config, *(_field_option(f, hints[f.name]) for f in dataclasses.fields(HafConfig))]
+
+
+def build_config(config: Path | None, overrides: dict[str, Any]) -> HafConfig:
+    """The YAML file's fields (if any), then every flag given: a flag left out (None) keeps the file's value."""
+    base = HafConfig.from_yaml(config).to_dict() if config else {}
+    base.update({k: _unset(v) for k, v in overrides.items() if v is not None and v != []})
+    return HafConfig.from_dict(base)
+
+
+# `hafrm train` has one flag per HafConfig field, --field-name (plus these older spellings), made
+# from the field's type, help and group, so a new field gets its flag without an edit here.
+TRAIN_ALIASES = {"per_device_train_batch_size": "--batch-size", "data_format": "--format", "data_map": "--map"}
+UNSET = "none"  # given to an optional number's flag: set the field to None (e.g. over a YAML value)
+
+
+class _Unset:
+    """What UNSET parses to: a flag that was given and sets its field to None (a flag left out is None)."""
+
+
+def _unset(value: Any) -> Any:
+    return None if isinstance(value, _Unset) else value
+
+
+def _number_or_unset(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        if text.strip().lower() == UNSET:
+            return _Unset()
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is neither {kind.__name__} nor '{UNSET}'") from None
+
+    return parse
+
+
+def _field_option(f: dataclasses.Field, kind: Any) -> inspect.Parameter:
+    """A HafConfig field as a `hafrm train` option; its default is None (overrides nothing), and
+    --help shows the field's default."""
+    flags = ["--" + f.name.replace("_", "-")] + ([TRAIN_ALIASES[f.name]] if f.name in TRAIN_ALIASES else [])
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    text, extra = f.metadata["help"], {}
+    optional = type(None) in typing.get_args(kind)
+    if optional:
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    if kind is bool:
+        flags = [f"{flag}/--no-{flag[2:]}" for flag in flags]
+        shown = ("" if default else "no-") + f.name.replace("_", "-")
+    elif isinstance(default, list):
+        shown = " ".join(default) or "none"
+    else:
+        shown = UNSET if default is None else str(default)
+    if optional and kind is not str:
+        extra = {"parser": _number_or_unset(kind), "metavar": f"<{kind.__name__}>"}
+        text += f" '{UNSET}' unsets it."
+    group = GROUPS[f.metadata["group"]]
+    text += escape(f" [default: {shown}]")  # the field's default: the option's own is None
+    option = typer.Option(*flags, help=text, rich_help_panel=group, **extra)
+    return inspect.Parameter(
+        f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind | None, option]
+    )
+
+
+# Options shared by the commands that read data (`train` has its own: its defaults come from HafConfig).
+FormatOption = Annotated[str | None, typer.Option("--format", help=field_help("data_format"))]
+MapOption = Annotated[list[str] | None, typer.Option("--map", help=field_help("data_map"))]
+OnErrorOption = Annotated[str, typer.Option(help=field_help("on_error"))]
+PkuLabelOption = Annotated[str, typer.Option(help=field_help("pku_label"))]
+PkuFilterOption = Annotated[bool, typer.Option("--pku-safety-filter", help=field_help("pku_safety_filter"))]
+
+
+def data_options(data_format, data_map, pku_label, pku_safety_filter, on_error="raise") -> DataOptions:
+    """The read options of a data command's flags, checked as HafConfig checks them."""
+    return read_options(
+        data_format=data_format,
+        data_map=data_map or [],
+        on_error=on_error,
+        pku_label=pku_label,
+        pku_safety_filter=pku_safety_filter,
+    )
