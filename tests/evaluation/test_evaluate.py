@@ -3,7 +3,7 @@
 import torch
 
 from hafrm.config import HafConfig
-from hafrm.evaluation.evaluate import EvalResult, _add_summary
+from hafrm.evaluation.evaluate import EvalResult, summary_metrics
 
 
 def test_accuracy_per_tag_and_subset_by_hand():
@@ -16,8 +16,7 @@ def test_accuracy_per_tag_and_subset_by_hand():
         tags=["hh", "hh", "pku", "rb"],
         subsets=["", "", "", "math-prm"],
     )
-    _add_summary(result, HafConfig())
-    m = result.metrics
+    m = summary_metrics(result, HafConfig())
     assert m["reward_head/accuracy"] == 2.5 / 4 and m["implicit/accuracy"] == 0.25
     assert m["tag/hh/reward_head/accuracy"] == 0.5 and m["tag/pku/reward_head/accuracy"] == 0.5
     assert m["tag/hh/implicit/accuracy"] == 0.5 and m["subset/math-prm/reward_head/accuracy"] == 1.0

@@ -36,7 +36,7 @@ class _Job:
         self.tokens = sum(len(s) for s in self.seqs)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BatcherStats:
     requests: int = 0
     texts: int = 0

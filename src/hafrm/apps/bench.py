@@ -51,7 +51,7 @@ SCORE_CONTENDERS = ("seqcls_score", "hafrm_score")
 CONTENDERS = TRAIN_CONTENDERS + SCORE_CONTENDERS
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BenchSpec:
     model: str = "smollm2"
     data: str | None = None  # None: HH helpful from ../shared/data when present, else the built-in task

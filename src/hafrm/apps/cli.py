@@ -238,7 +238,9 @@ def bench(
     unknown = sorted(set(contender or []) - set(CONTENDERS))
     if unknown:
         fail(f"unknown contender(s) {unknown}; accepted: {', '.join(CONTENDERS)}")
-    spec = BenchSpec(model, data, pairs, batch_size, steps, max_length, packing=packing)
+    spec = BenchSpec(
+        model=model, data=data, pairs=pairs, batch_size=batch_size, steps=steps, max_length=max_length, packing=packing
+    )
     if contender:
         spec.contenders = list(contender)
     try:
@@ -308,7 +310,10 @@ def bon(
         temps = [float(t) for t in temperatures.split(",") if t.strip()]
         if n < 1 or num_prompts < 1 or not temps or min(temps) <= 0:
             raise HafError("n and num_prompts must be >= 1 and temperatures positive")
-        spec = BonSpec(prompts, num_prompts, n, policy, temps, max_new_tokens, seed, eval_fraction, split_seed)
+        spec = BonSpec(
+            prompts=prompts, num_prompts=num_prompts, n=n, policy=policy, temperatures=temps,
+            max_new_tokens=max_new_tokens, seed=seed, eval_fraction=eval_fraction, split_seed=split_seed,
+        )  # fmt: skip
         chat = ChatJudge(judge_url, judge_model, os.environ.get("HAFRM_JUDGE_API_KEY")) if judge_url else None
         report = run_bon(spec, dirs, output_dir, judge, chat, log_line=lambda m: console.print(m, highlight=False))
     except (HafError, ValueError) as e:

@@ -38,7 +38,7 @@ class Drop(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DataOptions:
     """How to read a source. The CLI and `HafConfig` fill this in."""
 
@@ -51,7 +51,7 @@ class DataOptions:
     seed: int = 0
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Notes:
     """Per-record observations that do not drop the pair but must be reported (e.g. HH divergence)."""
 
@@ -123,7 +123,7 @@ def _pair(
         raise RecordError(where, "identical responses", f"fields '{fields[0]}' and '{fields[1]}' are identical")
     if not math.isfinite(margin if margin is not None else 0.0):
         raise RecordError(where, "not a number", f"field 'margin' must be finite, got {margin}")
-    return PreferencePair(prompt, chosen, rejected, margin, source, meta or {})
+    return PreferencePair(prompt, chosen, rejected, margin=margin, source=source, meta=meta or {})
 
 
 # ----------------------------------------------------------------------------------- conversations

@@ -30,7 +30,7 @@ SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.\[\]%:-]+)?$")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoadReport:
     """What happened to every record of one source."""
 

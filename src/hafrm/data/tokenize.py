@@ -16,7 +16,7 @@ from hafrm.data.types import PreferencePair
 PLAIN_TEMPLATE_HELP = "'<role>: <content>' lines, then 'assistant: ' and the response + EOS"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TokenizedPair:
     chosen_ids: list[int]
     rejected_ids: list[int]
@@ -30,7 +30,7 @@ class TokenizedPair:
     group: str = ""  # hash of the split group (or prompt): pairs that must stay on one side together
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TokenizeResult:
     pairs: list[TokenizedPair]
     dropped: Counter = field(default_factory=Counter)  # (source, reason) -> pairs dropped
@@ -141,7 +141,18 @@ class PairTokenizer:
             key = str(pair.meta.get("group") or pair.prompt_text())
             group = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
             result.pairs.append(
-                TokenizedPair(c_ids, r_ids, c_len, r_len, pair.margin, pair.source, tag, i, subset, group)
+                TokenizedPair(
+                    chosen_ids=c_ids,
+                    rejected_ids=r_ids,
+                    chosen_prompt_len=c_len,
+                    rejected_prompt_len=r_len,
+                    margin=pair.margin,
+                    source=pair.source,
+                    tag=tag,
+                    index=i,
+                    subset=subset,
+                    group=group,
+                )  # fmt: skip
             )
         return result
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 
@@ -19,6 +19,7 @@ class PreferencePair:
     prompt: list[dict[str, str]]
     chosen: str
     rejected: str
+    _: KW_ONLY  # the three above may be given in order; the rest by name
     margin: float | None = None
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)

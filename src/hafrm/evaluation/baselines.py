@@ -16,7 +16,7 @@ from hafrm.objectives.accuracy import accuracy
 _WORD = re.compile(r"\w+")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ShortcutReport:
     """Test accuracy of response-only shortcuts; near 0.5 means no surface cue separates the pair.
 

@@ -33,6 +33,7 @@ from hafrm.data.sources import read_source
 from hafrm.data.types import PreferencePair
 from hafrm.errors import HafError
 from hafrm.evaluation.scoring import load
+from hafrm.fileio import write_text_atomic
 from hafrm.modeling.backbone import load_backbone
 from hafrm.objectives.accuracy import accuracy
 
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 CANDIDATES = "candidates.jsonl"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BonSpec:
     prompts: str = "builtin"  # 'builtin' / 'builtin:SKILL,...' (gold verifiers), or any --data source
     num_prompts: int = 32
@@ -124,8 +125,8 @@ def load_or_generate(spec: BonSpec, out: Path, log_line=print) -> list[dict[str,
         return [json.loads(line) for line in path.read_text().splitlines()]
     out.mkdir(parents=True, exist_ok=True)
     records = generate_candidates(spec, held_out_prompts(spec), log_line)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    meta.write_text(json.dumps({"fingerprint": spec.fingerprint(), "spec": asdict(spec)}, indent=2) + "\n")
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_text_atomic(meta, json.dumps({"fingerprint": spec.fingerprint(), "spec": asdict(spec)}, indent=2) + "\n")
     return records
 
 
@@ -271,5 +272,5 @@ def run_bon(
     if chat_judge is not None:
         report["chat_judge"] = dict(chat_judge.counts)  # how many comparisons were ties, and why
     report["picks"] = {name: [records[i]["response"] for i in picked] for name, picked in chosen.items()}
-    (out / "bon.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out / "bon.json", json.dumps(report, indent=2) + "\n")
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from hafrm.objectives.accuracy import accuracy
 from hafrm.objectives.haf import HybridObjective, mean_metrics, step_metrics
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class EvalResult:
     metrics: dict[str, float]  # flat, e.g. "reward_head/accuracy", "accuracy", "tag/arithmetic/..."
     reward_chosen: torch.Tensor  # (N,)
@@ -61,18 +62,17 @@ def evaluate_pairs(
                 iw[idx], il[idx] = s.implicit_chosen.float().cpu(), s.implicit_rejected.float().cpu()
     metrics = mean_metrics(rows, weights)
     tags, subsets = [p.tag for p in pairs], [p.subset for p in pairs]
-    result = EvalResult(
-        metrics,
-        rw,
-        rl,
-        iw if have_implicit else None,
-        il if have_implicit else None,
-        tags,
-        subsets,
-        [p.group for p in pairs],
+    scored = EvalResult(
+        metrics=metrics,
+        reward_chosen=rw,
+        reward_rejected=rl,
+        implicit_chosen=iw if have_implicit else None,
+        implicit_rejected=il if have_implicit else None,
+        tags=tags,
+        subsets=subsets,
+        groups=[p.group for p in pairs],
     )
-    _add_summary(result, cfg)
-    return result
+    return dataclasses.replace(scored, metrics=metrics | summary_metrics(scored, cfg))
 
 
 def score_stats(result: EvalResult, data: str) -> dict[str, dict[str, Any]]:
@@ -94,7 +94,7 @@ def _head_scores(result: EvalResult) -> dict[str, tuple[torch.Tensor, torch.Tens
     return heads
 
 
-def _add_summary(result: EvalResult, cfg: HafConfig) -> None:
+def summary_metrics(result: EvalResult, cfg: HafConfig) -> dict[str, float]:
     """Accuracy of each head overall, per tag (`tag/...`) and per subset (`subset/...`), and the
     mode's inference head as plain keys."""
     heads = {HEADS[head]: scores for head, scores in _head_scores(result).items()}  # by metric prefix
@@ -103,7 +103,7 @@ def _add_summary(result: EvalResult, cfg: HafConfig) -> None:
         groups[("tag", t)].append(i)
         if sub:
             groups[("subset", sub)].append(i)
-    m = result.metrics
+    m: dict[str, float] = {}
     for head, (c, r) in heads.items():
         acc = accuracy(c, r)
         m[f"{head}/accuracy"] = acc.mean().item()
@@ -116,3 +116,4 @@ def _add_summary(result: EvalResult, cfg: HafConfig) -> None:
         m["margin"] = (c - r).mean().item()
         m["reward"] = c.mean().item()
     m["pairs"] = float(len(result.tags))
+    return m

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 from hafrm.experiments.analysis import analyse
 from hafrm.experiments.runner import RunSummary, load_candidates, load_cells, run_experiment
 from hafrm.experiments.spec import ExperimentSpec, load_experiment, parse_experiment, plan_cells
+from hafrm.fileio import write_text_atomic
 
 __all__ = [
     "ExperimentSpec",
@@ -30,7 +31,7 @@ def write_results(spec: ExperimentSpec, out: Path, extra: dict[str, Any] | None 
     cells, stale = load_cells(out, spec)
     candidates = load_candidates(spec, out)
     results = analyse(cells, spec, candidates) | {"cells_left_out_stale": stale} | (extra or {})
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     write_report(results, cells, out)
     return results
 

@@ -107,7 +107,7 @@ def prepare_data(spec: ExperimentSpec, out: Path) -> dict[str, dict[str, Any]]:
             "test_pairs": len(test),
             "mixed_train_pairs": len(mixed),
         }
-    (data_dir / "datasets.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(data_dir / "datasets.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -224,7 +224,7 @@ def judge_scores(judge: Path, candidates: list[dict[str, Any]], out: Path, log_l
     scores = load_reward_model(judge).score_batch(
         [c["prompt"] for c in candidates], [c["response"] for c in candidates]
     )
-    path.write_text(json.dumps({"judge": str(judge), "key": key, "scores": scores}) + "\n")
+    write_text_atomic(path, json.dumps({"judge": str(judge), "key": key, "scores": scores}) + "\n")
     log_line(f"judge {judge} scored {len(candidates)} candidates")
     return scores
 
@@ -302,7 +302,7 @@ def run_cell(
     }
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunSummary:
     done: list[str] = field(default_factory=list)  # ran now
     reused: list[str] = field(default_factory=list)  # finished before, same config and data

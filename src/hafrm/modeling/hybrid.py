@@ -20,13 +20,14 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers.modeling_utils import load_state_dict
 
+from hafrm.fileio import write_text_atomic
 from hafrm.modeling.prefix import PrefixCache, cached_forward
 
 REWARD_HEAD_FILE = "reward_head.safetensors"
 HAFRM_CONFIG_FILE = "hafrm_config.json"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class HybridOutput:
     rewards: Tensor  # (2B,) fp32, reward head at each sequence's last real token (chosen first)
     logps: Tensor | None  # (2B,) fp32, summed response-token log-probs (None if not asked)
@@ -238,7 +239,7 @@ class HybridRewardModel(nn.Module):
         head = {k: v.detach().contiguous().cpu() for k, v in self.reward_head.state_dict().items()}
         save_file(head, str(directory / REWARD_HEAD_FILE))
         if model_card is not None:
-            (directory / HAFRM_CONFIG_FILE).write_text(json.dumps(model_card, indent=2) + "\n")
+            write_text_atomic(directory / HAFRM_CONFIG_FILE, json.dumps(model_card, indent=2) + "\n")
 
     def load_weights(self, directory: str | Path) -> None:
         """Load backbone and reward-head weights saved by `save_pretrained`, in place."""

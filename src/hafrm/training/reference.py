@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 LOGPROB_VERSION = "2"  # bump when the log-prob computation changes (2: packed passes)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ReferenceResult:
     logps: torch.Tensor  # (N, 2): chosen, rejected summed response log-probs
     path: Path
@@ -96,9 +96,9 @@ def reference_logps(
     if path.is_file():
         logps = load_file(str(path))["logps"]
         if logps.shape == (len(pairs), 2):
-            return ReferenceResult(logps, path, hit=True)
+            return ReferenceResult(logps=logps, path=path, hit=True)
         log.warning("reference cache %s has the wrong shape; recomputing", path)
     logps = compute_logps(model, pairs, pad_token_id, batch_size, pack_length)
     with atomic_path(path) as tmp:  # a killed run never leaves a half-written cache file
         save_file({"logps": logps.contiguous()}, str(tmp), metadata={"pairs": str(len(pairs))})
-    return ReferenceResult(logps, path, hit=False)
+    return ReferenceResult(logps=logps, path=path, hit=False)
