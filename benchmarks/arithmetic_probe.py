@@ -28,6 +28,7 @@ from hafrm.data.io import split_by_prompt
 from hafrm.data.sources import builtin_pairs
 from hafrm.data.tokenize import PairTokenizer
 from hafrm.modeling.backbone import load_backbone
+from hafrm.objectives.accuracy import accuracy
 
 LAYERS = (10, 15, 20, 25, 30)
 POSITIONS = {-3: "answer's last token", -2: "<|im_end|>", -1: "trailing newline (reward read here)"}
@@ -94,7 +95,7 @@ def main() -> None:
         print(f"layer {key[0]:2d}  {POSITIONS[key[1]]:36s} train {fit:.3f}  held-out {held_out:.3f}", flush=True)
 
     def zero_shot(diff: torch.Tensor) -> float:
-        return ((diff > 0).float() + 0.5 * (diff == 0).float()).mean().item()
+        return accuracy(diff, torch.zeros_like(diff)).mean().item()  # a tie counts half
 
     logp_all, subsets = torch.cat([logp_train, logp_test]), [p.meta["subset"] for p in train + test]
     per_subset = {s: zero_shot(logp_all[[i for i, x in enumerate(subsets) if x == s]]) for s in sorted(set(subsets))}

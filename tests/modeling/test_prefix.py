@@ -107,6 +107,12 @@ def test_computing_a_set_shows_its_progress_per_sequence(tokenizer, tmp_path, mo
         def close(self):
             pass
 
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.close()
+
     monkeypatch.setattr(prefix, "tqdm", Bar)
     model = _model("llama", tokenizer)
     tok = PairTokenizer(tokenizer, 512, 256).tokenize(make_pairs(6))
@@ -115,7 +121,7 @@ def test_computing_a_set_shows_its_progress_per_sequence(tokenizer, tmp_path, mo
     prefix.fill(model, seqs, tmp_path, "model-x", tokenizer.pad_token_id, pack_length=64)
     (bar,) = made
     unique = len(set(map(tuple, seqs)))
-    assert bar.total == bar.n == unique and "frozen-prefix" in bar.desc and bar.disable is None
+    assert bar.total == bar.n == unique and "frozen-prefix" in bar.desc and not bar.disable
     prefix.fill(model, seqs, tmp_path, "model-x", tokenizer.pad_token_id, pack_length=64)
     assert len(made) == 1  # read from disk: nothing to show
 

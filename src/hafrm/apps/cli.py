@@ -36,6 +36,7 @@ from hafrm.errors import HafError
 from hafrm.evaluation.bon import BonSpec, ChatJudge, run_bon
 from hafrm.evaluation.scoring import RewardModel
 from hafrm.experiments import load_experiment, run_and_report, write_results
+from hafrm.fileio import write_text_atomic
 from hafrm.heads import HEADS
 from hafrm.modeling.backbone import prepare_embedded
 from hafrm.training import recipe
@@ -104,7 +105,7 @@ def eval_cmd(
         highlight=False,
     )
     if out:
-        out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        write_text_atomic(out, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
 @app.command()
@@ -128,7 +129,7 @@ def score(
     except HafError as e:
         fail(str(e))
     if output:
-        output.write_text("".join(json.dumps(r) + "\n" for r in lines))
+        write_text_atomic(output, "".join(json.dumps(r) + "\n" for r in lines))
         console.print(f"wrote {len(lines)} scored records to {output}")
     else:
         for r in lines:
@@ -247,7 +248,7 @@ def bench(
         report = run_bench(spec, log=lambda m: console.print(m, highlight=False))
     except HafError as e:
         fail(str(e))
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out, json.dumps(report, indent=2) + "\n")
     for key, value in report.items():
         if key.startswith(("ratio/", "fraction_")):
             console.print(f"{key}: {'n/a' if value is None else f'{value:.3f}'}", highlight=False)

@@ -16,9 +16,6 @@ from rich.markup import escape
 from hafrm.config import GROUPS, HafConfig, field_help, read_options
 from hafrm.data.formats import DataOptions
 
-# Older spellings, kept beside --field-name.
-TRAIN_ALIASES = {"per_device_train_batch_size": "--batch-size", "data_format": "--format", "data_map": "--map"}
-UNSET = "none"  # given to an optional number's flag: set the field to None (e.g. over a YAML value)
 _CONFIG_OPTION = typer.Option("--config", help="YAML file of HafConfig fields; the flags given override it.")
 
 

@@ -24,6 +24,7 @@ from hafrm.config import field_help
 from hafrm.data.inspect import convert_source, inspect_source
 from hafrm.data.io import summary_line
 from hafrm.errors import HafError
+from hafrm.fileio import write_text_atomic
 from hafrm.modeling.backbone import resolve_model
 
 H = field_help
@@ -54,7 +55,7 @@ def data_inspect(
     for info in infos:
         print_inspect(info)
     if json_out:
-        json_out.write_text(json.dumps(infos, indent=2) + "\n")
+        write_text_atomic(json_out, json.dumps(infos, indent=2) + "\n")
 
 
 @data_app.command("convert")

@@ -86,33 +86,32 @@ def generate_candidates(spec: BonSpec, prompts: list[PreferencePair], log_line=p
     texts = [tokenizer.apply_chat_template(p.prompt, tokenize=False, add_generation_prompt=True) for p in prompts]
     records: list[dict[str, Any]] = []
     per_temp = [sum(1 for i in range(spec.n) if i % len(spec.temperatures) == t) for t in range(len(spec.temperatures))]
-    bar = tqdm(total=spec.n * len(prompts), desc=f"sampling from {spec.policy}", unit="response")
-    for t, (temperature, k) in enumerate(zip(spec.temperatures, per_temp, strict=True)):
-        if k == 0:
-            continue
-        torch.manual_seed(spec.seed * 1000 + t)
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        out = model.generate(
-            **enc,
-            do_sample=True,
-            temperature=temperature,
-            top_p=1.0,
-            top_k=0,
-            num_return_sequences=k,
-            max_new_tokens=spec.max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        new = out[:, enc["input_ids"].shape[1] :]
-        for row, ids in enumerate(new):
-            p = prompts[row // k]
-            response = tokenizer.decode(ids, skip_special_tokens=True).strip()
-            rec = {"prompt_index": row // k, "prompt": p.prompt, "response": response, "temperature": temperature}
-            if "spec" in p.meta:
-                rec["gold"] = bool(builtin.is_correct(p.meta["spec"], response))
-            records.append(rec)
-        bar.update(len(new))
-        log_line(f"sampled {len(new)} responses at temperature {temperature}")
-    bar.close()
+    with tqdm(total=spec.n * len(prompts), desc=f"sampling from {spec.policy}", unit="response") as bar:
+        for t, (temperature, k) in enumerate(zip(spec.temperatures, per_temp, strict=True)):
+            if k == 0:
+                continue
+            torch.manual_seed(spec.seed * 1000 + t)
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            out = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=temperature,
+                top_p=1.0,
+                top_k=0,
+                num_return_sequences=k,
+                max_new_tokens=spec.max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            new = out[:, enc["input_ids"].shape[1] :]
+            for row, ids in enumerate(new):
+                p = prompts[row // k]
+                response = tokenizer.decode(ids, skip_special_tokens=True).strip()
+                rec = {"prompt_index": row // k, "prompt": p.prompt, "response": response, "temperature": temperature}
+                if "spec" in p.meta:
+                    rec["gold"] = bool(builtin.is_correct(p.meta["spec"], response))
+                records.append(rec)
+            bar.update(len(new))
+            log_line(f"sampled {len(new)} responses at temperature {temperature}")
     records.sort(key=lambda r: (r["prompt_index"], r["temperature"]))
     return records
 

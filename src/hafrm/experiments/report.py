@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from hafrm.experiments.analysis import SELECTION, rows_of  # noqa: E402
+from hafrm.fileio import write_text_atomic
 from hafrm.heads import HEAD_NAMES, SCORE_KEYS  # noqa: E402
 
 
@@ -341,8 +342,8 @@ def write_report(results: dict[str, Any], cells: list[dict[str, Any]], out: Path
         if title == "Budget per cell":  # the figures before the long budget table
             body += ["<h2>Figures</h2>", *[_img(p) for p in figs.values()]]
         body += ([f"<h2>{html.escape(title)}</h2>"] if title else []) + [_table(header, rows)]
-    (out / "results.md").write_text(markdown(results, [p for p in figs.values() if p]))
+    write_text_atomic(out / "results.md", markdown(results, [p for p in figs.values() if p]))
     path = out / "report.html"
-    path.write_text(f"<!doctype html><meta charset='utf-8'><title>hafrm {html.escape(results['experiment'])}"
+    write_text_atomic(path, f"<!doctype html><meta charset='utf-8'><title>hafrm {html.escape(results['experiment'])}"
                     f"</title><style>{STYLE}</style>" + "\n".join(body) + "\n")  # fmt: skip
     return path

@@ -50,24 +50,23 @@ def prepare_embedded(cache_dir: str | os.PathLike | None = None) -> Path:
         return target
     gguf = _gguf_file()
     log.info("preparing %s from %s (once)", EMBEDDED_NAME, gguf)
-    bar = tqdm(total=3, desc=f"converting {EMBEDDED_NAME} to safetensors (once)", unit="step")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    bar.update()
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    bar.update()
-    # The weights are dequantised: the saved folder is a plain fp32 model.
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    model.config.name_or_path = EMBEDDED_NAME
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    bar.update()
-    bar.close()
+    with tqdm(total=3, desc=f"converting {EMBEDDED_NAME} to safetensors (once)", unit="step") as bar:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        bar.update()
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        bar.update()
+        # The weights are dequantised: the saved folder is a plain fp32 model.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.config.name_or_path = EMBEDDED_NAME
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        bar.update()
     return target
 
 

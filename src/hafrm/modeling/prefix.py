@@ -203,20 +203,19 @@ def _compute_set(
     """Every sequence's bottom states, in packed passes of four rows (shortest first)."""
     decoder = model.decoder()
     per_seq: list[Tensor | None] = [None] * len(unique)
-    bar = tqdm(total=len(unique), desc=f"frozen-prefix states ({cache.n_layers} layers)", unit="seq")
-    # shortest first, four packed rows a pass
-    for batch in length_batches([len(s) for s in unique], max_tokens=4 * pack_length, packed=True):
-        seqs = [list(unique[i]) for i in batch]
-        packed = pack_rows(seqs, [0] * len(seqs), pad_token_id, pack_length)
-        bottom = bottom_states(
-            decoder, cache.n_layers, input_ids=packed["input_ids"].to(model.device), attention_mask=None,
-            position_ids=packed["position_ids"].to(model.device),
-        )  # fmt: skip
-        for j, i in enumerate(batch):
-            r, c = packed["seq_ends"][j].tolist()
-            per_seq[i] = bottom[r, c + 1 - len(unique[i]) : c + 1].float().cpu()
-        bar.update(len(batch))
-    bar.close()
+    with tqdm(total=len(unique), desc=f"frozen-prefix states ({cache.n_layers} layers)", unit="seq") as bar:
+        # shortest first, four packed rows a pass
+        for batch in length_batches([len(s) for s in unique], max_tokens=4 * pack_length, packed=True):
+            seqs = [list(unique[i]) for i in batch]
+            packed = pack_rows(seqs, [0] * len(seqs), pad_token_id, pack_length)
+            bottom = bottom_states(
+                decoder, cache.n_layers, input_ids=packed["input_ids"].to(model.device), attention_mask=None,
+                position_ids=packed["position_ids"].to(model.device),
+            )  # fmt: skip
+            for j, i in enumerate(batch):
+                r, c = packed["seq_ends"][j].tolist()
+                per_seq[i] = bottom[r, c + 1 - len(unique[i]) : c + 1].float().cpu()
+            bar.update(len(batch))
     states = torch.cat(per_seq)  # type: ignore[arg-type]
     offsets = torch.tensor([0, *torch.cumsum(torch.tensor([len(s) for s in unique]), 0).tolist()])
     return states, offsets, per_seq  # type: ignore[return-value]

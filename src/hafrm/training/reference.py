@@ -65,8 +65,7 @@ def compute_logps(
     lengths = [max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs]
     collate = PairCollator(pad_token_id, pack_length=pack_length)
     out = torch.zeros(len(features), 2)
-    bar = tqdm(total=len(features), desc="reference log-probs", unit="pair")
-    with eval_mode(model):
+    with tqdm(total=len(features), desc="reference log-probs", unit="pair") as bar, eval_mode(model):
         for idx in length_batches(lengths, batch_size):
             batch = collate([features[i] for i in idx])
             res = model(**model_inputs(batch))
@@ -74,7 +73,6 @@ def compute_logps(
             out[idx, 0] = res.logps[:B].float().cpu()
             out[idx, 1] = res.logps[B:].float().cpu()
             bar.update(B)
-    bar.close()
     return out
 
 
