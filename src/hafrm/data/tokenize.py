@@ -11,6 +11,7 @@ from typing import Any
 import datasets
 import torch
 
+from hafrm.data.shared import first_fit, pack_shared_rows
 from hafrm.data.types import PreferencePair
 
 PLAIN_TEMPLATE_HELP = "'<role>: <content>' lines, then 'assistant: ' and the response + EOS"
@@ -203,18 +204,8 @@ def pack_rows(
     gets a row of its own. The padding at a row's end is a block of its own (its positions
     restart too), so no real token attends to it.
     """
-    rows: list[list[int]] = []
-    used: list[int] = []
-    for i, seq in enumerate(seqs):
-        for r, n in enumerate(used):
-            if n + len(seq) <= row_length:
-                rows[r].append(i)
-                used[r] += len(seq)
-                break
-        else:
-            rows.append([i])
-            used.append(len(seq))
-    L = max(used)
+    rows = first_fit([len(s) for s in seqs], row_length)
+    L = max(sum(len(seqs[i]) for i in row) for row in rows)
     shape = (len(rows), L)
     input_ids = torch.full(shape, pad_id, dtype=torch.long)
     position_ids = torch.zeros(shape, dtype=torch.long)
@@ -255,11 +246,15 @@ class PairCollator:
     pad_token_id: int
     padding_side: str = "right"
     pack_length: int | None = None  # pack into rows of this many tokens instead of padding
+    prefix_sharing: bool = False  # with pack_length: a pair's shared prompt once (hafrm.data.shared)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         seqs = [f["chosen_ids"] for f in features] + [f["rejected_ids"] for f in features]
         starts = [f["chosen_prompt_len"] for f in features] + [f["rejected_prompt_len"] for f in features]
-        if self.pack_length:
+        if self.pack_length and self.prefix_sharing:
+            B = len(features)
+            batch = pack_shared_rows(seqs[:B], seqs[B:], starts[:B], starts[B:], self.pad_token_id, self.pack_length)
+        elif self.pack_length:
             batch = pack_rows(seqs, starts, self.pad_token_id, self.pack_length)
         else:
             batch = pad_rows(seqs, starts, self.pad_token_id, self.padding_side)  # (2B, T) each

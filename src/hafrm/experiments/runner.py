@@ -155,6 +155,8 @@ def cell_setup(spec: ExperimentSpec, cell: Cell, out: Path) -> CellSetup:
     config = cfg.to_dict()
     for key in (*UNHASHED_PATHS, *SPEED_ONLY):
         config.pop(key)
+    if not config["prefix_sharing"]:  # cells finished before the option existed did not share prompts
+        config.pop("prefix_sharing")
     if config["group_by_length"]:  # cells finished before the option existed were length-grouped
         config.pop("group_by_length")
     for key in NOT_SHARED:  # read options of the split files, whose bytes are hashed

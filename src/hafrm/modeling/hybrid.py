@@ -46,11 +46,15 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
 
 
 MODEL_KEYS = ("input_ids", "attention_mask", "response_mask", "position_ids", "seq_ends", "segment_ids")
+# a prefix-shared batch (hafrm.data.shared): the mask of who sees whom, and where each response token is predicted
+SHARED_KEYS = ("attention", "logp_rows", "logp_cols", "logp_targets", "logp_seq")
 
 
 def model_inputs(batch: dict[str, Tensor], with_logps: bool = True) -> dict[str, Tensor]:
     """The keys of a collated batch (padded or packed) that `HybridRewardModel.forward` takes."""
-    keys = MODEL_KEYS if with_logps else tuple(k for k in MODEL_KEYS if k != "response_mask")
+    keys = MODEL_KEYS + SHARED_KEYS
+    if not with_logps:
+        keys = tuple(k for k in keys if k == "attention" or k not in ("response_mask", *SHARED_KEYS))
     return {k: batch[k] for k in keys if k in batch}
 
 
@@ -88,6 +92,21 @@ def response_logps(
     seq = rows if segment_ids is None else segment_ids[rows, cols + 1]
     n_rows = input_ids.shape[0] if segment_ids is None else int(n_sequences)
     states = hidden[rows, cols]  # (N, H)
+    return summed_logps(states, lm_head_weight, targets, seq, n_rows, chunk_size, softcap, keep_logits_bytes)
+
+
+def summed_logps(
+    states: Tensor,
+    lm_head_weight: Tensor,
+    targets: Tensor,
+    seq: Tensor,
+    n_sequences: int,
+    chunk_size: int = 512,
+    softcap: float | None = None,
+    keep_logits_bytes: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """The log-prob of each target token from the hidden state (N, H) that predicts it, summed per
+    sequence (`seq`, (N,)), and the counts: the LM head in chunks, as `response_logps` says."""
     pieces = []
     recompute = states.shape[0] * lm_head_weight.shape[0] * 4 > keep_logits_bytes  # fp32 logits
     for start in range(0, states.shape[0], chunk_size):
@@ -96,9 +115,9 @@ def response_logps(
             pieces.append(checkpoint(_token_logps, *args, softcap, use_reentrant=False))
         else:
             pieces.append(_token_logps(*args, softcap))
-    token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
-    sums = torch.zeros(n_rows, dtype=torch.float32, device=hidden.device).index_add(0, seq, token_logps)
-    lengths = torch.zeros(n_rows, dtype=torch.long, device=hidden.device).index_add(0, seq, torch.ones_like(seq))
+    token_logps = torch.cat(pieces) if pieces else states.new_zeros(0, dtype=torch.float32)
+    sums = torch.zeros(n_sequences, dtype=torch.float32, device=states.device).index_add(0, seq, token_logps)
+    lengths = torch.zeros(n_sequences, dtype=torch.long, device=states.device).index_add(0, seq, torch.ones_like(seq))
     return sums, lengths
 
 
@@ -161,6 +180,11 @@ class HybridRewardModel(nn.Module):
         position_ids: Tensor | None = None,  # packed: restarting at 0 for every sequence
         seq_ends: Tensor | None = None,  # packed: (2B, 2) row and column of each sequence's last token
         segment_ids: Tensor | None = None,  # packed: (R, L) the sequence of each token
+        attention: Tensor | None = None,  # prefix-shared: (R, L, L) who sees whom (hafrm.data.shared)
+        logp_rows: Tensor | None = None,  # prefix-shared: (N,) where each response token is predicted,
+        logp_cols: Tensor | None = None,
+        logp_targets: Tensor | None = None,  # the token,
+        logp_seq: Tensor | None = None,  # and its sequence
     ) -> HybridOutput:
         """Rewards and response log-probs of 2B sequences, padded or packed (see `pack_rows`).
 
@@ -168,6 +192,9 @@ class HybridRewardModel(nn.Module):
         None the backbone builds a block-causal mask from the restarting `position_ids`, so each
         sequence attends only to itself (transformers' packed-sequence path).
         """
+        if attention is not None:
+            return self._forward_shared(input_ids, position_ids, attention, seq_ends, logp_rows, logp_cols,
+                                        logp_targets, logp_seq)  # fmt: skip
         packed = attention_mask is None
         if packed and (position_ids is None or seq_ends is None or segment_ids is None):
             raise ValueError("packed rows need position_ids, seq_ends and segment_ids")
@@ -202,6 +229,45 @@ class HybridRewardModel(nn.Module):
                 softcap=getattr(text_config, "final_logit_softcapping", None),
                 segment_ids=segment_ids if packed else None,
                 n_sequences=last.shape[0],
+                keep_logits_bytes=self.keep_logits_bytes,
+            )
+        return HybridOutput(rewards=rewards, logps=logps, response_lengths=lengths)
+
+    def _forward_shared(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor,
+        attention: Tensor,
+        seq_ends: Tensor,
+        logp_rows: Tensor | None,
+        logp_cols: Tensor | None,
+        logp_targets: Tensor | None,
+        logp_seq: Tensor | None,
+    ) -> HybridOutput:
+        """`forward` on prefix-shared rows: the backbone gets the (R, 1, L, L) mask itself, boolean
+        for sdpa, additive for the other attention implementations (eager adds it to the scores)."""
+        if self.prefix_cache is not None:
+            raise ValueError("prefix-shared rows do not go through the frozen-prefix cache")
+        mask = attention[:, None]
+        if self.config._attn_implementation != "sdpa":
+            mask = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
+        hidden = self.decoder()(
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state  # (R, L, H)
+        last = hidden[seq_ends[:, 0], seq_ends[:, 1]]
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            rewards = self.reward_head(last.float()).squeeze(-1)  # (2B,)
+        logps = lengths = None
+        if logp_targets is not None:
+            text_config = self.backbone.config.get_text_config()
+            logps, lengths = summed_logps(
+                hidden[logp_rows, logp_cols],
+                self.backbone.get_output_embeddings().weight,
+                logp_targets,
+                logp_seq,
+                last.shape[0],
+                chunk_size=self.logprob_chunk_size,
+                softcap=getattr(text_config, "final_logit_softcapping", None),
                 keep_logits_bytes=self.keep_logits_bytes,
             )
         return HybridOutput(rewards=rewards, logps=logps, response_lengths=lengths)

@@ -344,7 +344,9 @@ def fit(cfg: HafConfig, setup: ModelSetup, data: TrainData, refs: References, pr
         args=_training_args(cfg, len(data.train_tok.pairs)),
         train_dataset=pair_dataset(pair_features(data.train_tok.pairs, refs.train)),
         eval_dataset=eval_features,  # our evaluate() reads eval_pairs/eval_features directly
-        data_collator=PairCollator(setup.pad_id, pack_length=cfg.pack_length if cfg.packing else None),
+        data_collator=PairCollator(
+            setup.pad_id, pack_length=cfg.pack_length if cfg.packing else None, prefix_sharing=cfg.prefix_sharing
+        ),
         processing_class=setup.tokenizer,
         train_config=cfg,
         eval_pairs=data.eval_tok.pairs,

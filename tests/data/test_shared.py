@@ -1,0 +1,181 @@
+"""Prefix sharing: one segment [prompt | chosen | rejected] per pair gives what two sequences give."""
+
+import pytest
+import torch
+
+from hafrm.config import HafConfig
+from hafrm.data.shared import first_fit, pack_shared_rows, shares_prompt
+from hafrm.data.tokenize import PairCollator, PairTokenizer, pair_features
+from hafrm.data.types import PreferencePair
+from hafrm.modeling.hybrid import HybridRewardModel
+from hafrm.objectives.haf import HybridObjective, step_metrics
+from helpers import make_pairs, tiny_backbone
+
+
+def test_first_fit_keeps_order_and_gives_a_long_item_its_own_row():
+    assert first_fit([3, 2, 4, 9, 1], row_length=5) == [[0, 1], [2, 4], [3]]
+
+
+def test_shared_layout_by_hand():
+    # pair 0 shares its prompt [5, 6]: one segment; pair 1's prompts differ: two segments
+    b = pack_shared_rows(
+        chosen=[[5, 6, 7, 8], [3, 4, 1]], rejected=[[5, 6, 9], [3, 5, 2]],
+        chosen_starts=[2, 2], rejected_starts=[2, 2], pad_id=0, row_length=5,
+    )  # fmt: skip
+    assert b["shared"].tolist() == [True, False]
+    # segments: [5 6 | 7 8 | 9] (5 tokens), [3 4 1], [3 5 2]: first fit gives three rows
+    assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9], [3, 4, 1, 0, 0], [3, 5, 2, 0, 0]]
+    assert b["position_ids"][0].tolist() == [0, 1, 2, 3, 2]  # the rejected branch continues from the prompt
+    a = b["attention"][0].int().tolist()  # row j: what token j sees
+    assert a == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 1]]
+    assert b["attention"][1, 3].int().tolist() == [0, 0, 0, 1, 0]  # padding sees itself only
+    # sequences: 0 = pair 0 chosen, 1 = pair 1 chosen, 2 = pair 0 rejected, 3 = pair 1 rejected
+    assert b["seq_ends"].tolist() == [[0, 3], [1, 2], [0, 4], [2, 2]]
+    # the rejected branch's first token (9) is predicted from the prompt's last position (column 1)
+    entries = list(zip(b["logp_seq"].tolist(), b["logp_rows"].tolist(), b["logp_cols"].tolist(),
+                       b["logp_targets"].tolist(), strict=True))  # fmt: skip
+    assert entries == [(0, 0, 1, 7), (0, 0, 2, 8), (2, 0, 1, 9), (1, 1, 1, 1), (3, 2, 1, 2)]
+
+
+def test_a_pair_shares_only_identical_prompt_tokens_and_needs_two_responses():
+    assert shares_prompt([1, 2, 3], [1, 2, 4], 2, 2)
+    assert not shares_prompt([1, 2, 3], [1, 9, 4], 2, 2)  # differ inside the prompt
+    assert not shares_prompt([1, 2, 3], [1, 2, 3, 4], 2, 3)  # prompts of other lengths
+    assert not shares_prompt([1, 2], [1, 2, 3], 2, 2)  # the chosen has no response
+
+
+def _pairs_with_one_unshared():
+    pairs = make_pairs(5)
+    # a conversation whose two sides differ before the last turn: its prompt tokens differ
+    odd = PreferencePair(
+        [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."},
+         {"role": "user", "content": "And 2 + 2?"}],
+        "It is 4.", "Five.",
+    )  # fmt: skip
+    return [*pairs, odd]
+
+
+def _run(model, objective, collator, features):
+    model.zero_grad()
+    out = objective(model, collator(features))
+    out.loss.backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("pack_length", [64, 4096])  # several rows, and everything in one row
+def test_prefix_shared_equals_packed_and_padded_losses_and_gradients(arch, attn, pack_length, tokenizer):
+    backbone = tiny_backbone(arch, len(tokenizer), seed=1, layers=2)
+    backbone.config._attn_implementation = attn
+    model = HybridRewardModel(backbone)
+    torch.nn.init.normal_(model.reward_head.weight, std=0.5)
+    model.train()
+    tok = PairTokenizer(tokenizer, 512, 256).tokenize(make_pairs(5))
+    ref = torch.randn(len(tok.pairs), 2) - 20.0
+    features = pair_features(tok.pairs, ref)
+    objective = HybridObjective(HafConfig())
+    pad = tokenizer.pad_token_id
+    padded, g_pad = _run(model, objective, PairCollator(pad), features)
+    packed, g_pack = _run(model, objective, PairCollator(pad, pack_length=pack_length), features)
+    shared, g_shared = _run(model, objective, PairCollator(pad, pack_length=pack_length, prefix_sharing=True), features)
+    for name in ("loss/bt", "loss/policy", "logps/chosen", "logps/rejected", "reward_head/chosen"):
+        assert step_metrics(shared)[name] == pytest.approx(step_metrics(packed)[name], abs=1e-4), name
+        assert step_metrics(shared)[name] == pytest.approx(step_metrics(padded)[name], abs=1e-4), name
+    assert torch.allclose(shared.scores.reward_chosen, packed.scores.reward_chosen, atol=1e-4)
+    assert torch.allclose(shared.scores.reward_rejected, packed.scores.reward_rejected, atol=1e-4)
+    assert torch.allclose(shared.scores.logps_rejected, packed.scores.logps_rejected, atol=1e-4)
+    assert g_shared.keys() == g_pack.keys() == g_pad.keys()
+    for name, g in g_pack.items():
+        assert (g_shared[name] - g).abs().max() < 1e-4, name
+
+
+def test_pairs_with_and_without_a_shared_prompt_mix_in_one_batch(tokenizer):
+    model = HybridRewardModel(tiny_backbone("llama", len(tokenizer), seed=3, layers=2))
+    torch.nn.init.normal_(model.reward_head.weight, std=0.5)
+    tok = PairTokenizer(tokenizer, 512, 256).tokenize(_pairs_with_one_unshared())
+    features = pair_features(tok.pairs, torch.randn(len(tok.pairs), 2) - 20.0)
+    # make the odd pair's rejected side start with another history: its prompt tokens differ
+    odd = dict(features[-1])
+    odd["rejected_ids"] = odd["rejected_ids"][:3] + [odd["rejected_ids"][3] + 1] + odd["rejected_ids"][4:]
+    features = [*features[:-1], odd]
+    shared_batch = PairCollator(tokenizer.pad_token_id, pack_length=128, prefix_sharing=True)(features)
+    assert shared_batch["shared"].tolist() == [True] * 5 + [False]
+    objective = HybridObjective(HafConfig())
+    packed, g_pack = _run(model, objective, PairCollator(tokenizer.pad_token_id, pack_length=128), features)
+    shared, g_shared = _run(model, objective, lambda f: shared_batch, features)
+    assert torch.allclose(shared.losses, packed.losses, atol=1e-5)
+    for name, g in g_pack.items():
+        assert (g_shared[name] - g).abs().max() < 1e-4, name
+
+
+def test_the_check_fails_when_the_rejected_branch_may_see_the_chosen(tokenizer):
+    model = HybridRewardModel(tiny_backbone("llama", len(tokenizer), seed=4, layers=2))
+    torch.nn.init.normal_(model.reward_head.weight, std=0.5)
+    tok = PairTokenizer(tokenizer, 512, 256).tokenize(make_pairs(3))
+    seqs_c = [p.chosen_ids for p in tok.pairs]
+    seqs_r = [p.rejected_ids for p in tok.pairs]
+    starts_c = [p.chosen_prompt_len for p in tok.pairs]
+    starts_r = [p.rejected_prompt_len for p in tok.pairs]
+
+    def rewards(isolate):
+        b = pack_shared_rows(seqs_c, seqs_r, starts_c, starts_r, tokenizer.pad_token_id, 4096, isolate)
+        with torch.no_grad():
+            return model(b["input_ids"], position_ids=b["position_ids"], attention=b["attention"],
+                         seq_ends=b["seq_ends"]).rewards  # fmt: skip
+
+    with torch.no_grad():
+        alone = torch.stack([model(torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long)).rewards[0]
+                             for s in seqs_c + seqs_r])  # fmt: skip
+    assert torch.allclose(rewards(True), alone, atol=1e-5)
+    leaky = rewards(False)
+    assert torch.allclose(leaky[:3], alone[:3], atol=1e-5)  # the chosen branch is unaffected either way
+    assert (leaky[3:] - alone[3:]).abs().max() > 1e-3  # the rejected one reads the chosen tokens
+
+
+def test_prefix_sharing_refuses_the_frozen_prefix_cache(tokenizer):
+    from hafrm.modeling.prefix import PrefixCache
+
+    model = HybridRewardModel(tiny_backbone("llama", len(tokenizer), seed=5, layers=2))
+    tok = PairTokenizer(tokenizer, 512, 256).tokenize(make_pairs(2))
+    batch = PairCollator(tokenizer.pad_token_id, pack_length=256, prefix_sharing=True)(pair_features(tok.pairs, None))
+    model.attach_prefix_cache(PrefixCache(1))
+    with pytest.raises(ValueError, match="frozen-prefix cache"):
+        model(batch["input_ids"], position_ids=batch["position_ids"], attention=batch["attention"],
+              seq_ends=batch["seq_ends"])  # fmt: skip
+
+
+def test_tokenised_pairs_of_the_built_in_task_share_their_prompts(tokenizer):
+    from hafrm.data.builtin import generate_pairs
+
+    tok = PairTokenizer(tokenizer, 512, 256).tokenize(generate_pairs(30, seed=0))
+    assert all(shares_prompt(p.chosen_ids, p.rejected_ids, p.chosen_prompt_len, p.rejected_prompt_len)
+               for p in tok.pairs)  # fmt: skip
+
+
+def test_training_with_prefix_sharing_equals_training_without(tiny_model_dir, tmp_path):
+    from hafrm.training.recipe import train
+
+    def run(sharing, name):
+        cfg = HafConfig(
+            model=str(tiny_model_dir), freeze_layers=0, builtin_pairs=24, per_device_train_batch_size=4, max_steps=3,
+            prefix_sharing=sharing, output_dir=str(tmp_path / name), precision="fp32", logging_steps=1,
+        )  # fmt: skip
+        return train(cfg, save=False)
+
+    shared, packed = run(True, "shared"), run(False, "packed")
+    losses = [[r["loss"] for r in result.log_history if "loss" in r] for result in (shared, packed)]
+    assert losses[0] and losses[0] == pytest.approx(losses[1], abs=1e-5)  # the same steps
+    for key in ("eval/reward_head/accuracy", "eval/loss", "eval/reward_head/margin", "eval/logps/chosen"):
+        assert shared.metrics[key] == pytest.approx(packed.metrics[key], abs=1e-4), key
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [({"packing": False}, "needs packing"), ({"freeze_layers": 5}, "prefix_cache_mib 0")],
+)
+def test_prefix_sharing_names_what_it_cannot_run_with(fields, message):
+    from hafrm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        HafConfig(prefix_sharing=True, **fields)
+    HafConfig(prefix_sharing=True, freeze_layers=5, prefix_cache_mib=0)  # the cache off: fine
