@@ -215,8 +215,7 @@ class HybridRewardModel(nn.Module):
             last = hidden[seq_ends[:, 0], seq_ends[:, 1]]
         else:
             last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
-            rewards = self.reward_head(last.float()).squeeze(-1)  # (2B,)
+        rewards = self._rewards(last)  # (2B,)
         logps = lengths = None
         if response_mask is not None:
             text_config = self.backbone.config.get_text_config()
@@ -255,8 +254,7 @@ class HybridRewardModel(nn.Module):
             input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state  # (R, L, H)
         last = hidden[seq_ends[:, 0], seq_ends[:, 1]]
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
-            rewards = self.reward_head(last.float()).squeeze(-1)  # (2B,)
+        rewards = self._rewards(last)  # (2B,)
         logps = lengths = None
         if logp_targets is not None:
             text_config = self.backbone.config.get_text_config()
@@ -271,6 +269,11 @@ class HybridRewardModel(nn.Module):
                 keep_logits_bytes=self.keep_logits_bytes,
             )
         return HybridOutput(rewards=rewards, logps=logps, response_lengths=lengths)
+
+    def _rewards(self, last: Tensor) -> Tensor:
+        """The reward head on each sequence's last hidden state, in fp32 whatever the autocast."""
+        with torch.autocast(device_type=last.device.type, enabled=False):
+            return self.reward_head(last.float()).squeeze(-1)
 
     def freeze_bottom(self, n_layers: int) -> int:
         """Freeze the input embeddings and the first `n_layers` decoder layers (negative: all but
