@@ -192,8 +192,8 @@ class HafConfig:
     )
     prefix_sharing: bool = _f(
         False,
-        "Pack each pair as one segment [prompt | chosen | rejected], the prompt computed once (exact). Needs "
-        "--packing and no frozen-prefix cache (--prefix-cache-mib 0 where layers are frozen); training steps only.",
+        "Pack each pair as one segment [prompt | chosen | rejected], so the training steps (and their reference "
+        "pass) compute the prompt once (exact). Needs --packing.",
         group="speed",
     )
     prefix_cache_mib: int = _f(
@@ -258,11 +258,6 @@ class HafConfig:
             raise ConfigError(f"prefix_cache_mib must be >= 0, got {self.prefix_cache_mib}")
         if self.prefix_sharing and not self.packing:
             raise ConfigError("prefix_sharing packs pairs into rows: it needs packing on")
-        if self.prefix_sharing and self.prefix_cache_mib and self.freeze_layers:
-            raise ConfigError(
-                "prefix_sharing: the frozen-prefix cache does not read the shared layout yet; "
-                "give prefix_cache_mib 0 (or freeze_layers 0)"
-            )
         if not 0 < self.eval_fraction < 1:
             raise ConfigError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
         self._validate_data()

@@ -35,6 +35,8 @@ def test_shared_layout_by_hand():
     entries = list(zip(b["logp_seq"].tolist(), b["logp_rows"].tolist(), b["logp_cols"].tolist(),
                        b["logp_targets"].tolist(), strict=True))  # fmt: skip
     assert entries == [(0, 0, 1, 7), (0, 0, 2, 8), (2, 0, 1, 9), (1, 1, 1, 1), (3, 2, 1, 2)]
+    # per segment: row, start, first length (prompt included), second length, shared prompt length
+    assert b["segments"].tolist() == [[0, 0, 4, 1, 2], [1, 0, 3, 0, 0], [2, 0, 3, 0, 0]]
 
 
 def test_a_pair_shares_only_identical_prompt_tokens_and_needs_two_responses():
@@ -132,16 +134,37 @@ def test_the_check_fails_when_the_rejected_branch_may_see_the_chosen(tokenizer):
     assert (leaky[3:] - alone[3:]).abs().max() > 1e-3  # the rejected one reads the chosen tokens
 
 
-def test_prefix_sharing_refuses_the_frozen_prefix_cache(tokenizer):
-    from hafrm.modeling.prefix import PrefixCache
+@pytest.mark.parametrize("warm", [False, True])  # states computed from the shared rows, or read as filled
+def test_prefix_shared_through_the_frozen_prefix_cache_equals_the_full_forward(arch, warm, tokenizer, tmp_path):
+    from hafrm.modeling.prefix import PrefixCache, fill
 
-    model = HybridRewardModel(tiny_backbone("llama", len(tokenizer), seed=5, layers=2))
-    tok = PairTokenizer(tokenizer, 512, 256).tokenize(make_pairs(2))
-    batch = PairCollator(tokenizer.pad_token_id, pack_length=256, prefix_sharing=True)(pair_features(tok.pairs, None))
-    model.attach_prefix_cache(PrefixCache(1))
-    with pytest.raises(ValueError, match="frozen-prefix cache"):
-        model(batch["input_ids"], position_ids=batch["position_ids"], attention=batch["attention"],
-              seq_ends=batch["seq_ends"])  # fmt: skip
+    model = HybridRewardModel(tiny_backbone(arch, len(tokenizer), seed=5, layers=3))
+    torch.nn.init.normal_(model.reward_head.weight, std=0.5)
+    model.freeze_bottom(2)
+    model.train()
+    tok = PairTokenizer(tokenizer, 512, 256).tokenize(_pairs_with_one_unshared())
+    features = pair_features(tok.pairs, torch.randn(len(tok.pairs), 2) - 20.0)
+    odd = dict(features[-1])  # one pair whose prompt tokens differ
+    odd["rejected_ids"] = odd["rejected_ids"][:3] + [odd["rejected_ids"][3] + 1] + odd["rejected_ids"][4:]
+    features = [*features[:-1], odd]
+    objective = HybridObjective(HafConfig())
+    shared = PairCollator(tokenizer.pad_token_id, pack_length=96, prefix_sharing=True)
+    full, g_full = _run(model, objective, shared, features)
+    cache = PrefixCache(2)
+    model.attach_prefix_cache(cache)
+    if warm:
+        seqs = [s for f in features for s in (f["chosen_ids"], f["rejected_ids"])]
+        fill(model, seqs, tmp_path, "model-x", tokenizer.pad_token_id, pack_length=96)
+    cached, g_cached = _run(model, objective, shared, features)
+    assert cache.hits == (12 if warm else 0) and cache.misses == (0 if warm else 12)
+    again, _ = _run(model, objective, shared, features)  # now every state is read
+    model.detach_prefix_cache()
+    assert torch.allclose(cached.losses, full.losses, atol=1e-5)
+    assert torch.allclose(again.losses, full.losses, atol=1e-5)
+    assert torch.allclose(cached.scores.logps_rejected, full.scores.logps_rejected, atol=1e-4)
+    assert g_cached.keys() == g_full.keys()
+    for name, g in g_full.items():
+        assert (g_cached[name] - g).abs().max() < 1e-4, name
 
 
 def test_tokenised_pairs_of_the_built_in_task_share_their_prompts(tokenizer):
@@ -152,30 +175,28 @@ def test_tokenised_pairs_of_the_built_in_task_share_their_prompts(tokenizer):
                for p in tok.pairs)  # fmt: skip
 
 
-def test_training_with_prefix_sharing_equals_training_without(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("freeze", [0, 5])
+def test_training_with_prefix_sharing_equals_training_without(tiny_model_dir, tmp_path, freeze):
     from hafrm.training.recipe import train
 
-    def run(sharing, name):
+    def run(sharing, name, freeze):
         cfg = HafConfig(
-            model=str(tiny_model_dir), freeze_layers=0, builtin_pairs=24, per_device_train_batch_size=4, max_steps=3,
-            prefix_sharing=sharing, output_dir=str(tmp_path / name), precision="fp32", logging_steps=1,
+            model=str(tiny_model_dir), freeze_layers=freeze, builtin_pairs=24, per_device_train_batch_size=4,
+            max_steps=3, prefix_sharing=sharing, output_dir=str(tmp_path / name), precision="fp32", logging_steps=1,
         )  # fmt: skip
         return train(cfg, save=False)
 
-    shared, packed = run(True, "shared"), run(False, "packed")
+    shared, packed = run(True, "shared", freeze), run(False, "packed", freeze)
+    if freeze:  # through the frozen-prefix cache, the references too
+        assert shared.metrics["train/prefix_cache/hits"] > 0
     losses = [[r["loss"] for r in result.log_history if "loss" in r] for result in (shared, packed)]
     assert losses[0] and losses[0] == pytest.approx(losses[1], abs=1e-5)  # the same steps
     for key in ("eval/reward_head/accuracy", "eval/loss", "eval/reward_head/margin", "eval/logps/chosen"):
         assert shared.metrics[key] == pytest.approx(packed.metrics[key], abs=1e-4), key
 
 
-@pytest.mark.parametrize(
-    ("fields", "message"),
-    [({"packing": False}, "needs packing"), ({"freeze_layers": 5}, "prefix_cache_mib 0")],
-)
-def test_prefix_sharing_names_what_it_cannot_run_with(fields, message):
+def test_prefix_sharing_needs_packing():
     from hafrm.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=message):
-        HafConfig(prefix_sharing=True, **fields)
-    HafConfig(prefix_sharing=True, freeze_layers=5, prefix_cache_mib=0)  # the cache off: fine
+    with pytest.raises(ConfigError, match="needs packing"):
+        HafConfig(prefix_sharing=True, packing=False)

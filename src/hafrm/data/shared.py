@@ -58,8 +58,11 @@ def pack_shared_rows(
     each sequence's last token; and, for the log-probs, one entry per response token: logp_rows,
     logp_cols (where it is predicted: the column before it, and for a rejected branch's first
     token the prompt's last), logp_targets (the token) and logp_seq (its sequence). `shared` (B,)
-    says which pairs share their prompt. `isolate_branches=False` lets the rejected branch see the
-    chosen one: wrong, and there only for the tests that show the mask matters.
+    says which pairs share their prompt. `segments` (S, 5): each segment's row, start column, the
+    length of its first sequence (the chosen, prompt included), of its second (the rejected's
+    response; 0 in an unshared segment) and of the shared prompt (0 likewise).
+    `isolate_branches=False` lets the rejected branch see the chosen one: wrong, and there only
+    for the tests that show the mask matters.
     """
     B = len(chosen)
     shared = [shares_prompt(chosen[i], rejected[i], chosen_starts[i], rejected_starts[i]) for i in range(B)]
@@ -78,12 +81,16 @@ def pack_shared_rows(
     attention = torch.zeros((len(rows), L, L), dtype=torch.bool)
     seq_ends = torch.zeros((2 * B, 2), dtype=torch.long)
     logp_rows, logp_cols, logp_targets, logp_seq = [], [], [], []
+    spans: list[list[int]] = []  # per segment: row, start column, first length, second length, prompt length
     causal = torch.ones(L, L, dtype=torch.bool).tril()
     for r, members in enumerate(rows):
         col = 0
         for k in members:
             seg_start = col
             prompt_end = None  # the column of the shared prompt's last token, in a shared segment
+            parts = segments[k]
+            spans.append([r, col, len(parts[0][1]), len(parts[1][1]) if len(parts) == 2 else 0,
+                          parts[0][2] if len(parts) == 2 else 0])  # fmt: skip
             for branch, (seq, tokens, start) in enumerate(segments[k]):
                 n = len(tokens)
                 input_ids[r, col : col + n] = torch.tensor(tokens)
@@ -125,4 +132,5 @@ def pack_shared_rows(
         "logp_targets": long(logp_targets),
         "logp_seq": long(logp_seq),
         "shared": torch.tensor(shared, dtype=torch.bool),
+        "segments": long(spans).reshape(-1, 5),
     }

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_utils import load_state_dict
 
 from hafrm.fileio import write_text_atomic
-from hafrm.modeling.prefix import PrefixCache, cached_forward
+from hafrm.modeling.prefix import PrefixCache, cached_forward, cached_forward_shared
 
 REWARD_HEAD_FILE = "reward_head.safetensors"
 HAFRM_CONFIG_FILE = "hafrm_config.json"
@@ -47,14 +47,14 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
 
 MODEL_KEYS = ("input_ids", "attention_mask", "response_mask", "position_ids", "seq_ends", "segment_ids")
 # a prefix-shared batch (hafrm.data.shared): the mask of who sees whom, and where each response token is predicted
-SHARED_KEYS = ("attention", "logp_rows", "logp_cols", "logp_targets", "logp_seq")
+SHARED_KEYS = ("attention", "segments", "logp_rows", "logp_cols", "logp_targets", "logp_seq")
 
 
 def model_inputs(batch: dict[str, Tensor], with_logps: bool = True) -> dict[str, Tensor]:
     """The keys of a collated batch (padded or packed) that `HybridRewardModel.forward` takes."""
     keys = MODEL_KEYS + SHARED_KEYS
     if not with_logps:
-        keys = tuple(k for k in keys if k == "attention" or k not in ("response_mask", *SHARED_KEYS))
+        keys = tuple(k for k in keys if k in ("attention", "segments") or k not in ("response_mask", *SHARED_KEYS))
     return {k: batch[k] for k in keys if k in batch}
 
 
@@ -181,6 +181,7 @@ class HybridRewardModel(nn.Module):
         seq_ends: Tensor | None = None,  # packed: (2B, 2) row and column of each sequence's last token
         segment_ids: Tensor | None = None,  # packed: (R, L) the sequence of each token
         attention: Tensor | None = None,  # prefix-shared: (R, L, L) who sees whom (hafrm.data.shared)
+        segments: Tensor | None = None,  # prefix-shared: (S, 5) where each segment and its parts are
         logp_rows: Tensor | None = None,  # prefix-shared: (N,) where each response token is predicted,
         logp_cols: Tensor | None = None,
         logp_targets: Tensor | None = None,  # the token,
@@ -193,7 +194,7 @@ class HybridRewardModel(nn.Module):
         sequence attends only to itself (transformers' packed-sequence path).
         """
         if attention is not None:
-            return self._forward_shared(input_ids, position_ids, attention, seq_ends, logp_rows, logp_cols,
+            return self._forward_shared(input_ids, position_ids, attention, segments, seq_ends, logp_rows, logp_cols,
                                         logp_targets, logp_seq)  # fmt: skip
         packed = attention_mask is None
         if packed and (position_ids is None or seq_ends is None or segment_ids is None):
@@ -237,6 +238,7 @@ class HybridRewardModel(nn.Module):
         input_ids: Tensor,
         position_ids: Tensor,
         attention: Tensor,
+        segments: Tensor | None,
         seq_ends: Tensor,
         logp_rows: Tensor | None,
         logp_cols: Tensor | None,
@@ -245,14 +247,17 @@ class HybridRewardModel(nn.Module):
     ) -> HybridOutput:
         """`forward` on prefix-shared rows: the backbone gets the (R, 1, L, L) mask itself, boolean
         for sdpa, additive for the other attention implementations (eager adds it to the scores)."""
-        if self.prefix_cache is not None:
-            raise ValueError("prefix-shared rows do not go through the frozen-prefix cache")
         mask = attention[:, None]
         if self.config._attn_implementation != "sdpa":
             mask = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
-        hidden = self.decoder()(
-            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state  # (R, L, H)
+        if self.prefix_cache is not None:  # the bottom layers' output read from the cache
+            if segments is None:
+                raise ValueError("prefix-shared rows need their segments to go through the frozen-prefix cache")
+            hidden = cached_forward_shared(self.decoder(), self.prefix_cache, input_ids, mask, position_ids, segments)
+        else:
+            hidden = self.decoder()(
+                input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state  # (R, L, H)
         last = hidden[seq_ends[:, 0], seq_ends[:, 1]]
         rewards = self._rewards(last)  # (2B,)
         logps = lengths = None

@@ -151,6 +151,55 @@ def cached_forward(
         ).last_hidden_state
 
 
+def cached_forward_shared(
+    decoder: nn.Module,
+    cache: PrefixCache,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    position_ids: Tensor,
+    segments: Tensor,
+) -> Tensor:
+    """`cached_forward` for prefix-shared rows. The cache holds each whole sequence's states; a
+    shared segment takes the chosen's states whole and the rejected's from the prompt's end on,
+    which equal what the shared rows' bottom layers give (the rejected branch sees the prompt
+    and itself only)."""
+    where = segments.tolist()  # per segment: row, start, first length, second length, prompt length
+    keys = []  # per segment: the first sequence's tokens, and the second's whole (prompt + response)
+    for r, a, n1, n2, p in where:
+        first = input_ids[r, a : a + n1]
+        second = torch.cat([input_ids[r, a : a + p], input_ids[r, a + n1 : a + n1 + n2]]) if n2 else None
+        keys.append((first, second))
+    found = [(cache.get(f), cache.get(s) if s is not None else None) for f, s in keys]
+    wanted = sum(1 + (s is not None) for _, s in keys)
+    missing = sum((a is None) + (s is not None and b is None) for (_, s), (a, b) in zip(keys, found, strict=True))
+    cache.hits += wanted - missing
+    cache.misses += missing
+    if missing:  # in fp32 like the cached states, also inside a bf16 training step
+        with torch.no_grad(), torch.autocast(input_ids.device.type, enabled=False):
+            bottom = bottom_states(
+                decoder, cache.n_layers, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            )
+        for i, ((r, a, n1, n2, p), (first, second)) in enumerate(zip(where, keys, strict=True)):
+            states_first, states_second = found[i]
+            if states_first is None:
+                states_first = bottom[r, a : a + n1]
+                cache.put(first, states_first)
+            if second is not None and states_second is None:
+                states_second = torch.cat([bottom[r, a : a + p], bottom[r, a + n1 : a + n1 + n2]])
+                cache.put(second, states_second)
+            found[i] = (states_first, states_second)
+    width = found[0][0].shape[-1]
+    prefix = torch.zeros((*input_ids.shape, width), dtype=found[0][0].dtype, device=input_ids.device)
+    for (r, a, n1, n2, p), (states_first, states_second) in zip(where, found, strict=True):
+        prefix[r, a : a + n1] = states_first.to(prefix.device)
+        if n2:
+            prefix[r, a + n1 : a + n1 + n2] = states_second[p:].to(prefix.device)
+    with layer_slice(decoder, cache.n_layers, None):
+        return decoder(
+            inputs_embeds=prefix, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+
+
 # on disk --------------------------------------------------------------------------------------
 def set_key(model_fingerprint: str, n_layers: int, sequences: Sequence[Sequence[int]]) -> str:
     h = hashlib.blake2b(f"{model_fingerprint}:{n_layers}:{PREFIX_VERSION}".encode(), digest_size=16)

@@ -58,12 +58,13 @@ def compute_logps(
     pad_token_id: int,
     batch_size: int = 16,
     pack_length: int | None = None,
+    prefix_sharing: bool = False,
 ) -> torch.Tensor:
     """Summed response log-probs for every pair, (N, 2); batches are formed by length, and
     packed into rows of `pack_length` tokens when it is given (padded otherwise)."""
     features = pair_features(pairs, None)
     lengths = [max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs]
-    collate = PairCollator(pad_token_id, pack_length=pack_length)
+    collate = PairCollator(pad_token_id, pack_length=pack_length, prefix_sharing=prefix_sharing)
     out = torch.zeros(len(features), 2)
     with tqdm(total=len(features), desc="reference log-probs", unit="pair") as bar, eval_mode(model):
         for idx in length_batches(lengths, batch_size):
@@ -84,8 +85,11 @@ def reference_logps(
     batch_size: int = 16,
     fingerprint: str | None = None,
     pack_length: int | None = None,
+    prefix_sharing: bool = False,
 ) -> ReferenceResult:
-    """Load the cached reference log-probs for (model, data), or compute and cache them."""
+    """Load the cached reference log-probs for (model, data), or compute and cache them (in the
+    prefix-shared layout if asked, as the training steps that use them run: `fingerprint` must
+    then say so, since the rounding differs under bf16)."""
     fingerprint = fingerprint or model_fingerprint(model)
     key = hashlib.blake2b(
         f"{fingerprint}:{data_fingerprint(pairs)}:{LOGPROB_VERSION}".encode(), digest_size=16
@@ -96,7 +100,7 @@ def reference_logps(
         if logps.shape == (len(pairs), 2):
             return ReferenceResult(logps=logps, path=path, hit=True)
         log.warning("reference cache %s has the wrong shape; recomputing", path)
-    logps = compute_logps(model, pairs, pad_token_id, batch_size, pack_length)
+    logps = compute_logps(model, pairs, pad_token_id, batch_size, pack_length, prefix_sharing)
     with atomic_path(path) as tmp:  # a killed run never leaves a half-written cache file
         save_file({"logps": logps.contiguous()}, str(tmp), metadata={"pairs": str(len(pairs))})
     return ReferenceResult(logps=logps, path=path, hit=False)
