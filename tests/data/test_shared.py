@@ -6,7 +6,6 @@ import torch
 from hafrm.config import HafConfig
 from hafrm.data.shared import first_fit, pack_shared_rows, shares_prompt
 from hafrm.data.tokenize import PairCollator, PairTokenizer, pair_features
-from hafrm.data.types import PreferencePair
 from hafrm.modeling.hybrid import HybridRewardModel
 from hafrm.objectives.haf import HybridObjective, step_metrics
 from helpers import make_pairs, tiny_backbone
@@ -46,15 +45,13 @@ def test_a_pair_shares_only_identical_prompt_tokens_and_needs_two_responses():
     assert not shares_prompt([1, 2], [1, 2, 3], 2, 2)  # the chosen has no response
 
 
-def _pairs_with_one_unshared():
-    pairs = make_pairs(5)
-    # a conversation whose two sides differ before the last turn: its prompt tokens differ
-    odd = PreferencePair(
-        [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."},
-         {"role": "user", "content": "And 2 + 2?"}],
-        "It is 4.", "Five.",
-    )  # fmt: skip
-    return [*pairs, odd]
+def _features_with_one_unshared(tokenizer):
+    """Six pairs' features; the last one's rejected side has another prompt token, so it cannot share."""
+    tok = PairTokenizer(tokenizer, 512, 256).tokenize(make_pairs(6))
+    features = pair_features(tok.pairs, torch.randn(len(tok.pairs), 2) - 20.0)
+    odd = dict(features[-1])
+    odd["rejected_ids"] = odd["rejected_ids"][:3] + [odd["rejected_ids"][3] + 1] + odd["rejected_ids"][4:]
+    return [*features[:-1], odd]
 
 
 def _run(model, objective, collator, features):
@@ -94,12 +91,7 @@ def test_prefix_shared_equals_packed_and_padded_losses_and_gradients(arch, attn,
 def test_pairs_with_and_without_a_shared_prompt_mix_in_one_batch(tokenizer):
     model = HybridRewardModel(tiny_backbone("llama", len(tokenizer), seed=3, layers=2))
     torch.nn.init.normal_(model.reward_head.weight, std=0.5)
-    tok = PairTokenizer(tokenizer, 512, 256).tokenize(_pairs_with_one_unshared())
-    features = pair_features(tok.pairs, torch.randn(len(tok.pairs), 2) - 20.0)
-    # make the odd pair's rejected side start with another history: its prompt tokens differ
-    odd = dict(features[-1])
-    odd["rejected_ids"] = odd["rejected_ids"][:3] + [odd["rejected_ids"][3] + 1] + odd["rejected_ids"][4:]
-    features = [*features[:-1], odd]
+    features = _features_with_one_unshared(tokenizer)
     shared_batch = PairCollator(tokenizer.pad_token_id, pack_length=128, prefix_sharing=True)(features)
     assert shared_batch["shared"].tolist() == [True] * 5 + [False]
     objective = HybridObjective(HafConfig())
@@ -142,11 +134,7 @@ def test_prefix_shared_through_the_frozen_prefix_cache_equals_the_full_forward(a
     torch.nn.init.normal_(model.reward_head.weight, std=0.5)
     model.freeze_bottom(2)
     model.train()
-    tok = PairTokenizer(tokenizer, 512, 256).tokenize(_pairs_with_one_unshared())
-    features = pair_features(tok.pairs, torch.randn(len(tok.pairs), 2) - 20.0)
-    odd = dict(features[-1])  # one pair whose prompt tokens differ
-    odd["rejected_ids"] = odd["rejected_ids"][:3] + [odd["rejected_ids"][3] + 1] + odd["rejected_ids"][4:]
-    features = [*features[:-1], odd]
+    features = _features_with_one_unshared(tokenizer)
     objective = HybridObjective(HafConfig())
     shared = PairCollator(tokenizer.pad_token_id, pack_length=96, prefix_sharing=True)
     full, g_full = _run(model, objective, shared, features)

@@ -45,16 +45,15 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-MODEL_KEYS = ("input_ids", "attention_mask", "response_mask", "position_ids", "seq_ends", "segment_ids")
-# a prefix-shared batch (hafrm.data.shared): the mask of who sees whom, and where each response token is predicted
-SHARED_KEYS = ("attention", "segments", "logp_rows", "logp_cols", "logp_targets", "logp_seq")
+# padded or packed rows; a prefix-shared batch (hafrm.data.shared) adds who sees whom and its segments
+MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "seq_ends", "segment_ids", "attention", "segments")
+# where the response tokens are: padded or packed (response_mask), prefix-shared (explicit entries)
+LOGP_KEYS = ("response_mask", "logp_rows", "logp_cols", "logp_targets", "logp_seq")
 
 
 def model_inputs(batch: dict[str, Tensor], with_logps: bool = True) -> dict[str, Tensor]:
     """The keys of a collated batch (padded or packed) that `HybridRewardModel.forward` takes."""
-    keys = MODEL_KEYS + SHARED_KEYS
-    if not with_logps:
-        keys = tuple(k for k in keys if k in ("attention", "segments") or k not in ("response_mask", *SHARED_KEYS))
+    keys = MODEL_KEYS + (LOGP_KEYS if with_logps else ())
     return {k: batch[k] for k in keys if k in batch}
 
 
