@@ -21,6 +21,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_utils import load_state_dict
 
 from hafrm.fileio import write_text_atomic
+from hafrm.modeling.attention import backbone_mask
 from hafrm.modeling.prefix import PrefixCache, cached_forward, cached_forward_shared
 
 REWARD_HEAD_FILE = "reward_head.safetensors"
@@ -244,11 +245,8 @@ class HybridRewardModel(nn.Module):
         logp_targets: Tensor | None,
         logp_seq: Tensor | None,
     ) -> HybridOutput:
-        """`forward` on prefix-shared rows: the backbone gets the (R, 1, L, L) mask itself, boolean
-        for sdpa, additive for the other attention implementations (eager adds it to the scores)."""
-        mask = attention[:, None]
-        if self.config._attn_implementation != "sdpa":
-            mask = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
+        """`forward` on prefix-shared rows: the backbone gets the mask itself (`backbone_mask`)."""
+        mask = backbone_mask(attention, self.config._attn_implementation)
         if self.prefix_cache is not None:  # the bottom layers' output read from the cache
             if segments is None:
                 raise ValueError("prefix-shared rows need their segments to go through the frozen-prefix cache")
