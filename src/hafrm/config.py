@@ -191,9 +191,10 @@ class HafConfig:
         group="speed",
     )
     prefix_sharing: bool = _f(
-        False,
-        "Pack each pair as one segment [prompt | chosen | rejected], so the training steps (and their reference "
-        "pass) compute the prompt once (exact). Needs --packing.",
+        True,
+        "With --packing: pack each pair as one segment [prompt | chosen | rejected], so the training steps, their "
+        "reference pass and the frozen-prefix cache compute and hold its prompt once (exact). Pairs whose prompt "
+        "tokens differ run as two sequences (counted).",
         group="speed",
     )
     prefix_cache_mib: int = _f(
@@ -238,6 +239,11 @@ class HafConfig:
         return self.policy_weight > 0
 
     @property
+    def shares_prefixes(self) -> bool:
+        """Whether the training steps run in the prefix-shared layout (it packs: it needs packing)."""
+        return self.prefix_sharing and self.packing
+
+    @property
     def needs_reference(self) -> bool:
         return POLICY_LOSSES[self.loss].needs_reference
 
@@ -256,8 +262,6 @@ class HafConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.prefix_cache_mib < 0:
             raise ConfigError(f"prefix_cache_mib must be >= 0, got {self.prefix_cache_mib}")
-        if self.prefix_sharing and not self.packing:
-            raise ConfigError("prefix_sharing packs pairs into rows: it needs packing on")
         if not 0 < self.eval_fraction < 1:
             raise ConfigError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
         self._validate_data()

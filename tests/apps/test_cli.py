@@ -58,6 +58,9 @@ def test_train_writes_model_metrics_and_table(trained):
         assert key in metrics, key
     assert 0.0 <= metrics["eval/reward_head/accuracy"] <= 1.0
     assert metrics["train/steps"] == 4 and metrics["train/selected_step"] in (2, 4)
+    phases = ("model_and_data", "prefix_cache", "reference", "fit", "save_and_extra_eval")
+    assert all(metrics[f"train/seconds/{p}"] >= 0 for p in phases)  # where the time went, in order
+    assert sum(metrics[f"train/seconds/{p}"] for p in phases) == pytest.approx(metrics["train/seconds"], abs=1.0)
     assert "reward_head" in result.output and "implicit" in result.output and "│ all" in result.output
     for skill in ("arithmetic", "facts", "format"):  # per skill, and per subtype under it
         assert f"eval/tag/{skill}/reward_head/accuracy" in metrics

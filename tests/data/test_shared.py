@@ -5,7 +5,7 @@ import torch
 
 from hafrm.config import HafConfig
 from hafrm.data.shared import first_fit, pack_shared_rows, shares_prompt
-from hafrm.data.tokenize import PairCollator, PairTokenizer, pair_features
+from hafrm.data.tokenize import PairCollator, PairTokenizer, TokenizedPair, pair_features
 from hafrm.modeling.hybrid import HybridRewardModel
 from hafrm.objectives.haf import HybridObjective, step_metrics
 from helpers import make_pairs, tiny_backbone
@@ -126,7 +126,9 @@ def test_the_check_fails_when_the_rejected_branch_may_see_the_chosen(tokenizer):
     assert (leaky[3:] - alone[3:]).abs().max() > 1e-3  # the rejected one reads the chosen tokens
 
 
-@pytest.mark.parametrize("warm", [False, True])  # states computed from the shared rows, or read as filled
+# states computed from the shared rows at the first step, or filled before it, each sequence whole or
+# each shared pair in one piece
+@pytest.mark.parametrize("warm", [None, "whole", "shared"])
 def test_prefix_shared_through_the_frozen_prefix_cache_equals_the_full_forward(arch, warm, tokenizer, tmp_path):
     from hafrm.modeling.prefix import PrefixCache, fill
 
@@ -141,10 +143,13 @@ def test_prefix_shared_through_the_frozen_prefix_cache_equals_the_full_forward(a
     cache = PrefixCache(2)
     model.attach_prefix_cache(cache)
     if warm:
-        seqs = [s for f in features for s in (f["chosen_ids"], f["rejected_ids"])]
-        fill(model, seqs, tmp_path, "model-x", tokenizer.pad_token_id, pack_length=96)
+        pairs = [TokenizedPair(**{k: f[k] for k in ("chosen_ids", "rejected_ids", "chosen_prompt_len",
+                                                    "rejected_prompt_len")}, margin=None, source="", tag="", index=0)
+                 for f in features]  # fmt: skip
+        fill(model, pairs, tmp_path, "model-x", tokenizer.pad_token_id, pack_length=96, prefix_sharing=warm == "shared")
     cached, g_cached = _run(model, objective, shared, features)
     assert cache.hits == (12 if warm else 0) and cache.misses == (0 if warm else 12)
+    assert len(cache.prompts) == (0 if warm == "whole" else 5)  # the unshared pair's sequences are whole
     again, _ = _run(model, objective, shared, features)  # now every state is read
     model.detach_prefix_cache()
     assert torch.allclose(cached.losses, full.losses, atol=1e-5)
@@ -175,16 +180,20 @@ def test_training_with_prefix_sharing_equals_training_without(tiny_model_dir, tm
         return train(cfg, save=False)
 
     shared, packed = run(True, "shared", freeze), run(False, "packed", freeze)
-    if freeze:  # through the frozen-prefix cache, the references too
+    n = shared.train_pairs
+    assert shared.metrics["train/prefix_sharing/shared_pairs"] == n  # the built-in task's pairs all share
+    assert shared.metrics["train/prefix_sharing/unshared_pairs"] == 0
+    assert "train/prefix_sharing/shared_pairs" not in packed.metrics
+    if freeze:  # through the frozen-prefix cache, the references too, holding each prompt once
         assert shared.metrics["train/prefix_cache/hits"] > 0
+        assert shared.metrics["train/prefix_cache/mib"] < 0.8 * packed.metrics["train/prefix_cache/mib"]
     losses = [[r["loss"] for r in result.log_history if "loss" in r] for result in (shared, packed)]
     assert losses[0] and losses[0] == pytest.approx(losses[1], abs=1e-5)  # the same steps
     for key in ("eval/reward_head/accuracy", "eval/loss", "eval/reward_head/margin", "eval/logps/chosen"):
         assert shared.metrics[key] == pytest.approx(packed.metrics[key], abs=1e-4), key
 
 
-def test_prefix_sharing_needs_packing():
-    from hafrm.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="needs packing"):
-        HafConfig(prefix_sharing=True, packing=False)
+def test_prefix_sharing_is_on_by_default_and_only_with_packing():
+    assert HafConfig().shares_prefixes
+    assert not HafConfig(packing=False).shares_prefixes  # padded rows: each sequence whole
+    assert not HafConfig(prefix_sharing=False).shares_prefixes

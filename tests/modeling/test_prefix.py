@@ -71,26 +71,53 @@ def test_cache_stops_storing_at_its_limit_and_counts():
     assert cache.get(torch.tensor([0])) is not None and cache.get(torch.tensor([4])) is None
 
 
-def test_fill_writes_the_set_once_and_reloads_it(tokenizer, tmp_path):
+@pytest.mark.parametrize("sharing", [False, True])  # each sequence whole, or a pair's prompt once
+def test_fill_writes_the_set_once_and_reloads_it(tokenizer, tmp_path, sharing):
     model = _model("llama", tokenizer)
     model.eval()
     tok = PairTokenizer(tokenizer, 512, 256).tokenize(make_pairs(4))
     seqs = [s for p in tok.pairs for s in (p.chosen_ids, p.rejected_ids)]
     model.attach_prefix_cache(prefix.PrefixCache(2))
-    path, hit = prefix.fill(model, seqs, tmp_path, "model-x", tokenizer.pad_token_id, pack_length=64)
+    path, hit = prefix.fill(model, tok.pairs, tmp_path, "model-x", tokenizer.pad_token_id, 64, prefix_sharing=sharing)
     assert not hit and path.is_file() and len(model.prefix_cache) == len(set(map(tuple, seqs)))
     # each stored state equals the bottom layers run on that sequence alone
-    one = torch.tensor([seqs[3]])
-    alone = prefix.bottom_states(model.decoder(), 2, input_ids=one, position_ids=torch.arange(one.shape[1])[None])
-    stored = model.prefix_cache.get(one[0])
-    assert torch.allclose(stored, alone[0], atol=1e-5)
+    stored = []
+    for s in seqs:
+        one = torch.tensor([s])
+        alone = prefix.bottom_states(model.decoder(), 2, input_ids=one, position_ids=torch.arange(one.shape[1])[None])
+        stored.append(model.prefix_cache.get(one[0]))
+        assert torch.allclose(stored[-1], alone[0], atol=1e-5)
+    # shared: every pair's prompt is held once (these pairs all share theirs)
+    units = prefix.fill_units(tok.pairs, sharing)
+    assert len(units) == (len(tok.pairs) if sharing else len(set(map(tuple, seqs))))
+    hidden = model.config.hidden_size
+    prompts = {tuple(p.chosen_ids[: p.chosen_prompt_len]) for p in tok.pairs}
+    assert (
+        model.prefix_cache.bytes
+        == (sum(len(s) for s in set(map(tuple, seqs))) - sharing * sum(len(p) for p in prompts)) * hidden * 4
+    )
     model.attach_prefix_cache(prefix.PrefixCache(2))
-    again, hit = prefix.fill(model, seqs, tmp_path, "model-x", tokenizer.pad_token_id)
+    again, hit = prefix.fill(model, tok.pairs, tmp_path, "model-x", tokenizer.pad_token_id, prefix_sharing=sharing)
     assert hit and again == path
-    assert torch.equal(model.prefix_cache.get(one[0]), stored)
-    # another model (or another number of frozen layers) is another file
-    other, hit = prefix.fill(model, seqs, tmp_path, "model-y", tokenizer.pad_token_id)
+    for s, states in zip(seqs, stored, strict=True):
+        assert torch.equal(model.prefix_cache.get(torch.tensor(s)), states)
+    # another model (or another number of frozen layers, or layout) is another file
+    other, hit = prefix.fill(model, tok.pairs, tmp_path, "model-y", tokenizer.pad_token_id, prefix_sharing=sharing)
     assert not hit and other != path
+    layout, hit = prefix.fill(model, tok.pairs, tmp_path, "model-x", tokenizer.pad_token_id, prefix_sharing=not sharing)
+    assert not hit and layout != path
+
+
+def test_a_shared_prompt_is_stored_once_and_read_whole_or_after_it():
+    cache = prefix.PrefixCache(1)
+    prompt = torch.arange(6.0).reshape(3, 2)
+    cache.put(torch.tensor([1, 2, 3, 4]), torch.tensor([[9.0, 9.0]]), prompt_states=prompt)
+    cache.put(torch.tensor([1, 2, 3, 5, 6]), torch.ones(2, 2), prompt_states=prompt)
+    assert len(cache) == 2 and len(cache.prompts) == 1 and cache.bytes == (3 + 1 + 2) * 2 * 4
+    assert cache.get(torch.tensor([1, 2, 3, 4])).tolist() == [[0, 1], [2, 3], [4, 5], [9, 9]]
+    assert cache.get(torch.tensor([1, 2, 3, 5, 6]), start=3).tolist() == [[1, 1], [1, 1]]
+    assert cache.get(torch.tensor([1, 2, 3, 5, 6]), start=2).tolist() == [[4, 5], [1, 1], [1, 1]]
+    assert cache.get(torch.tensor([1, 2, 3])) is None  # the prompt alone is not a stored sequence
 
 
 def test_computing_a_set_shows_its_progress_per_sequence(tokenizer, tmp_path, monkeypatch):
@@ -118,11 +145,11 @@ def test_computing_a_set_shows_its_progress_per_sequence(tokenizer, tmp_path, mo
     tok = PairTokenizer(tokenizer, 512, 256).tokenize(make_pairs(6))
     seqs = [s for p in tok.pairs for s in (p.chosen_ids, p.rejected_ids)]
     model.attach_prefix_cache(prefix.PrefixCache(2))
-    prefix.fill(model, seqs, tmp_path, "model-x", tokenizer.pad_token_id, pack_length=64)
+    prefix.fill(model, tok.pairs, tmp_path, "model-x", tokenizer.pad_token_id, pack_length=64)
     (bar,) = made
     unique = len(set(map(tuple, seqs)))
     assert bar.total == bar.n == unique and "frozen-prefix" in bar.desc and not bar.disable
-    prefix.fill(model, seqs, tmp_path, "model-x", tokenizer.pad_token_id, pack_length=64)
+    prefix.fill(model, tok.pairs, tmp_path, "model-x", tokenizer.pad_token_id, pack_length=64)
     assert len(made) == 1  # read from disk: nothing to show
 
 

@@ -47,12 +47,12 @@ def test_bf16_autocasts_training_steps_and_their_reference_not_evaluation(tiny_m
         return original_ref(*args, **kwargs)
 
     monkeypatch.setattr(hafrm.training.recipe, "reference_logps", ref_spy)
-    fills: list[tuple[int, bool]] = []  # (sequences, autocast on) per frozen-prefix set filled
+    fills: list[tuple[int, bool]] = []  # (pairs, autocast on) per frozen-prefix set filled
     original_fill = hafrm.training.recipe.fill
 
-    def fill_spy(model, sequences, *args, **kwargs):
-        fills.append((len(sequences), torch.is_autocast_enabled("cpu")))
-        return original_fill(model, sequences, *args, **kwargs)
+    def fill_spy(model, pairs, *args, **kwargs):
+        fills.append((len(pairs), torch.is_autocast_enabled("cpu")))
+        return original_fill(model, pairs, *args, **kwargs)
 
     monkeypatch.setattr(hafrm.training.recipe, "fill", fill_spy)
     cfg = HafConfig(model=str(tiny_model_dir), freeze_layers=2, builtin_pairs=24, per_device_train_batch_size=4,

@@ -155,7 +155,7 @@ def cell_setup(spec: ExperimentSpec, cell: Cell, out: Path) -> CellSetup:
     config = cfg.to_dict()
     for key in (*UNHASHED_PATHS, *SPEED_ONLY):
         config.pop(key)
-    if not config["prefix_sharing"]:  # cells finished before the option existed did not share prompts
+    if not cfg.shares_prefixes:  # cells finished before the option existed did not share prompts
         config.pop("prefix_sharing")
     if config["group_by_length"]:  # cells finished before the option existed were length-grouped
         config.pop("group_by_length")

@@ -20,6 +20,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from hafrm.config import SELECTION_METRICS, HafConfig
 from hafrm.data.io import LoadReport, split_by_prompt, summary_line
+from hafrm.data.shared import shares_prompt
 from hafrm.data.sources import Source, read_sources
 from hafrm.data.tokenize import PairCollator, PairTokenizer, TokenizeResult, pad_rows, pair_dataset, pair_features
 from hafrm.data.types import PreferencePair
@@ -30,7 +31,7 @@ from hafrm.evaluation.scoring import STATS_KEY, RewardModel
 from hafrm.fileio import write_json_atomic
 from hafrm.modeling.backbone import cache_root, load_backbone
 from hafrm.modeling.hybrid import HybridRewardModel, position_ids_from_mask
-from hafrm.modeling.prefix import PrefixCache, check_cached_forward, fill
+from hafrm.modeling.prefix import PrefixCache, check_cached_forward, fill, fill_units
 from hafrm.training.precision import resolve_precision
 from hafrm.training.reference import model_fingerprint, reference_logps
 from hafrm.training.trainer import HafTrainer
@@ -64,14 +65,32 @@ def train(cfg: HafConfig, extra_eval: dict[str, list[PreferencePair]] | None = N
     With `save=False` the final model is not written (metrics.json and data.json still are).
     """
     start = time.time()
+    laps = Laps()
     set_seed(cfg.seed)
     setup = setup_model(cfg)
     data = setup_data(cfg, setup, extra_eval or {})
     precision = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
+    laps.lap("model_and_data")
     prefix = setup_prefix_cache(cfg, setup, data, train_bf16=_steps_bf16(setup.model, precision))
+    laps.lap("prefix_cache")
     refs = compute_references(cfg, setup, data, prefix, precision)
+    laps.lap("reference")
     fitted = fit(cfg, setup, data, refs, precision)
-    return finalise(cfg, setup, data, refs, fitted, precision, start=start, save=save)
+    laps.lap("fit")
+    return finalise(cfg, setup, data, refs, fitted, precision, start=start, save=save, laps=laps)
+
+
+class Laps:
+    """Seconds per phase of a run, for metrics.json (`train/seconds/<phase>`)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.time()
+
+    def lap(self, phase: str) -> None:
+        now = time.time()
+        self.seconds[phase] = now - self._last
+        self._last = now
 
 
 # -------------------------------------------------------------------------------------- the model
@@ -140,6 +159,7 @@ class TrainData:
     eval_tok: TokenizeResult
     extra_tok: dict[str, TokenizeResult]  # train(extra_eval=...), by name
     dropped: dict[str, int]  # "train/dropped/<source>/<why>", ".../truncated/...": as in data.json
+    shared_pairs: int | None = None  # training pairs in the prefix-shared layout (None: sharing off)
 
     @property
     def eval_sets(self) -> list[TokenizeResult]:
@@ -160,7 +180,14 @@ def setup_data(cfg: HafConfig, setup: ModelSetup, extra_eval: dict[str, list[Pre
         dropped |= _report_drops(f"extra/{name}", tok)
         if not tok.pairs:
             raise DataError(f"extra eval set {name!r}: no pairs left after tokenisation")
-    return TrainData(split=split, train_tok=train_tok, eval_tok=eval_tok, extra_tok=extra_tok, dropped=dropped)
+    shared = None
+    if cfg.shares_prefixes:
+        shared = sum(shares_prompt(p.chosen_ids, p.rejected_ids, p.chosen_prompt_len, p.rejected_prompt_len)
+                     for p in train_tok.pairs)  # fmt: skip
+        log.info("prefix sharing: %d of %d training pairs share their prompt tokens; the other %d run as two "
+                 "sequences", shared, len(train_tok.pairs), len(train_tok.pairs) - shared)  # fmt: skip
+    return TrainData(split=split, train_tok=train_tok, eval_tok=eval_tok, extra_tok=extra_tok, dropped=dropped,
+                     shared_pairs=shared)  # fmt: skip
 
 
 def _report_drops(name: str, res: TokenizeResult) -> dict[str, int]:
@@ -214,12 +241,12 @@ def setup_prefix_cache(cfg: HafConfig, setup: ModelSetup, data: TrainData, train
         return FrozenPrefix(cache=None)
     toks = [*data.eval_sets, data.train_tok]
     hidden = model.config.get_text_config().hidden_size
-    sequences = [s for tok in toks for p in tok.pairs for s in (p.chosen_ids, p.rejected_ids)]
-    need = sum(len(s) for s in sequences) * hidden * 4
+    need = sum(len(u) for tok in toks for u in fill_units(tok.pairs, cfg.shares_prefixes)) * hidden * 4
     if need > cfg.prefix_cache_mib * 2**20:
         log.warning("frozen-prefix cache off: %.0f MiB of states > prefix_cache_mib %d; the frozen layers run every "
                     "step", need / 2**20, cfg.prefix_cache_mib)  # fmt: skip
         return FrozenPrefix(cache=None)
+    sequences = [s for tok in toks for p in tok.pairs for s in (p.chosen_ids, p.rejected_ids)]
     longest = sorted(sequences, key=len)[-4:]  # the longest: a sliding window or long-range rope shows there
     probe = pad_rows(longest, [0] * len(longest), setup.pad_id)
     mask = probe["attention_mask"]
@@ -233,10 +260,11 @@ def setup_prefix_cache(cfg: HafConfig, setup: ModelSetup, data: TrainData, train
     hits = []
     for tok in toks:
         bf16 = train_bf16 and tok is data.train_tok
+        key = fingerprint + (":bf16-autocast" if bf16 else "")
         with torch.autocast(model.device.type, torch.bfloat16, enabled=bf16):
-            seqs = [s for p in tok.pairs for s in (p.chosen_ids, p.rejected_ids)]
-            hits.append(fill(model, seqs, cache_root(cfg.cache_dir), fingerprint + (":bf16-autocast" if bf16 else ""),
-                             setup.pad_id, cfg.pack_length).hit)  # fmt: skip
+            filled = fill(model, tok.pairs, cache_root(cfg.cache_dir), key, setup.pad_id, cfg.pack_length,
+                          cfg.shares_prefixes)  # fmt: skip
+        hits.append(filled.hit)
     log.info("frozen-prefix cache: %d sequences, %.0f MiB, %d of %d sets from disk", len(cache),
              cache.bytes / 2**20, sum(hits), len(hits))  # fmt: skip
     return FrozenPrefix(cache=cache)
@@ -282,7 +310,7 @@ def compute_references(
             )
 
     # the training side as the training steps run: their autocast, their layout
-    train_ref = ref(data.train_tok, _steps_bf16(model, precision), cfg.prefix_sharing) if cfg.needs_policy else None
+    train_ref = ref(data.train_tok, _steps_bf16(model, precision), cfg.shares_prefixes) if cfg.needs_policy else None
     eval_ref, *extra_refs = [ref(tok) for tok in data.eval_sets]
     return References(
         train=None if train_ref is None else train_ref.logps,
@@ -349,7 +377,7 @@ def fit(cfg: HafConfig, setup: ModelSetup, data: TrainData, refs: References, pr
         train_dataset=pair_dataset(pair_features(data.train_tok.pairs, refs.train)),
         eval_dataset=eval_features,  # our evaluate() reads eval_pairs/eval_features directly
         data_collator=PairCollator(
-            setup.pad_id, pack_length=cfg.pack_length if cfg.packing else None, prefix_sharing=cfg.prefix_sharing
+            setup.pad_id, pack_length=cfg.pack_length if cfg.packing else None, prefix_sharing=cfg.shares_prefixes
         ),
         processing_class=setup.tokenizer,
         train_config=cfg,
@@ -394,9 +422,10 @@ def finalise(
     *,
     start: float,
     save: bool,
+    laps: Laps | None = None,
 ) -> TrainResult:
     """Save the model with its score statistics, evaluate it on the extra sets, and write
-    metrics.json and data.json."""
+    metrics.json and data.json (with the seconds of each phase in `laps`, if given)."""
     trainer, result = fitted.trainer, fitted.result
     # into the dict the trainer was given, which it saves
     fitted.card[STATS_KEY] = score_stats(result, f"eval split ({len(data.eval_tok.pairs)} pairs)")
@@ -408,6 +437,10 @@ def finalise(
     }
     prefix_cache = setup.model.detach_prefix_cache()  # a scorer of new text would only fill it
     metrics = _final_metrics(data, trainer, result, prefix_cache, start)
+    if laps is not None:  # model and data, frozen-prefix fill, reference pass, the fit; then this
+        laps.lap("save_and_extra_eval")
+        metrics |= {f"train/seconds/{phase}": t for phase, t in laps.seconds.items()}
+        log.info("seconds: %s", ", ".join(f"{phase} {t:.0f}" for phase, t in laps.seconds.items()))
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "metrics.json", metrics)
@@ -445,9 +478,13 @@ def _final_metrics(
         "train/selected_step": float(trainer.selected_step),
         "train/seconds": time.time() - start,
     }
+    if data.shared_pairs is not None:  # the rest ran as two sequences
+        metrics["train/prefix_sharing/shared_pairs"] = float(data.shared_pairs)
+        metrics["train/prefix_sharing/unshared_pairs"] = float(len(data.train_tok.pairs) - data.shared_pairs)
     if prefix_cache is not None:  # how often the frozen layers' output was read, not computed
         metrics |= {
             "train/prefix_cache/hits": float(prefix_cache.hits),
             "train/prefix_cache/misses": float(prefix_cache.misses),
+            "train/prefix_cache/mib": prefix_cache.bytes / 2**20,
         }
     return metrics
