@@ -192,9 +192,9 @@ class HafConfig:
     )
     prefix_sharing: bool = _f(
         True,
-        "With --packing: pack each pair as one segment [prompt | chosen | rejected], so the training steps, their "
-        "reference pass and the frozen-prefix cache compute and hold its prompt once (exact). Pairs whose prompt "
-        "tokens differ run as two sequences (counted).",
+        "With --packing: pack each pair as one segment [prompt | chosen | rejected], so the training steps, "
+        "evaluation, the reference passes and the frozen-prefix cache compute and hold its prompt once (exact). "
+        "Pairs whose prompt tokens differ run as two sequences (counted).",
         group="speed",
     )
     prefix_cache_mib: int = _f(

@@ -197,3 +197,19 @@ def test_prefix_sharing_is_on_by_default_and_only_with_packing():
     assert HafConfig().shares_prefixes
     assert not HafConfig(packing=False).shares_prefixes  # padded rows: each sequence whole
     assert not HafConfig(prefix_sharing=False).shares_prefixes
+
+
+def test_evaluation_in_the_shared_layout_equals_the_packed_one(tokenizer):
+    from hafrm.evaluation.evaluate import evaluate_pairs
+
+    model = HybridRewardModel(tiny_backbone("llama", len(tokenizer), seed=2, layers=2))
+    torch.nn.init.normal_(model.reward_head.weight, std=0.5)
+    tok = PairTokenizer(tokenizer, 512, 256).tokenize(make_pairs(7))
+    features = pair_features(tok.pairs, torch.randn(len(tok.pairs), 2) - 20.0)
+    shared, packed = (evaluate_pairs(model, HafConfig(prefix_sharing=s, pack_length=96), tok.pairs, features,
+                                     tokenizer.pad_token_id) for s in (True, False))  # fmt: skip
+    assert torch.allclose(shared.reward_chosen, packed.reward_chosen, atol=1e-5)
+    assert torch.allclose(shared.reward_rejected, packed.reward_rejected, atol=1e-5)
+    assert torch.allclose(shared.implicit_rejected, packed.implicit_rejected, atol=1e-5)
+    for key in ("loss", "loss/bt", "loss/policy", "reward_head/accuracy", "implicit/accuracy"):
+        assert shared.metrics[key] == pytest.approx(packed.metrics[key], abs=1e-5), key

@@ -73,6 +73,7 @@ def evaluate_model(rm: RewardModel, data: list[str], options: DataOptions | None
             rm.tokenizer.pad_token_id,
             cfg.per_device_eval_batch_size,
             pack_length=cfg.pack_length if cfg.packing else None,
+            prefix_sharing=cfg.shares_prefixes,
         ).logps
     result = evaluate_pairs(rm.model, cfg, tok.pairs, pair_features(tok.pairs, ref), rm.tokenizer.pad_token_id)
     return result, sum(tok.dropped.values())

@@ -44,7 +44,8 @@ def evaluate_pairs(
     objective = HybridObjective(cfg)
     n = len(features)
     lengths = [len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in features]
-    collate = PairCollator(pad_token_id, pack_length=cfg.pack_length if cfg.packing else None)
+    collate = PairCollator(pad_token_id, pack_length=cfg.pack_length if cfg.packing else None,
+                           prefix_sharing=cfg.shares_prefixes)  # fmt: skip
     rw, rl, iw, il = (torch.zeros(n) for _ in range(4))
     rows, weights, have_implicit = [], [], True
     with eval_mode(model):

@@ -301,16 +301,14 @@ def compute_references(
     pack = cfg.pack_length if cfg.packing else None
     cache = cache_root(cfg.cache_dir)
 
-    def ref(tok: TokenizeResult, bf16: bool = False, shared: bool = False):
+    def ref(tok: TokenizeResult, bf16: bool = False):
         key = fingerprint + (f":bf16-autocast:bf16-bottom={prefix.n_layers}" if bf16 else "")
-        key += ":prefix-shared" if shared else ""
         with torch.autocast(model.device.type, torch.bfloat16, enabled=bf16):
-            return reference_logps(
-                model, tok.pairs, cache, setup.pad_id, cfg.per_device_eval_batch_size, key, pack, prefix_sharing=shared
-            )
+            return reference_logps(model, tok.pairs, cache, setup.pad_id, cfg.per_device_eval_batch_size, key, pack,
+                                   prefix_sharing=cfg.shares_prefixes)  # fmt: skip
 
-    # the training side as the training steps run: their autocast, their layout
-    train_ref = ref(data.train_tok, _steps_bf16(model, precision), cfg.shares_prefixes) if cfg.needs_policy else None
+    # the training side as the training steps run (their autocast); both sides in the steps' layout
+    train_ref = ref(data.train_tok, _steps_bf16(model, precision)) if cfg.needs_policy else None
     eval_ref, *extra_refs = [ref(tok) for tok in data.eval_sets]
     return References(
         train=None if train_ref is None else train_ref.logps,

@@ -88,9 +88,10 @@ def reference_logps(
     prefix_sharing: bool = False,
 ) -> ReferenceResult:
     """Load the cached reference log-probs for (model, data), or compute and cache them (in the
-    prefix-shared layout if asked, as the training steps that use them run: `fingerprint` must
-    then say so, since the rounding differs under bf16)."""
+    prefix-shared layout if asked, as the steps or the evaluation that use them run; it rounds
+    differently, so it has its own cache key)."""
     fingerprint = fingerprint or model_fingerprint(model)
+    fingerprint += ":prefix-shared" if prefix_sharing and pack_length else ""
     key = hashlib.blake2b(
         f"{fingerprint}:{data_fingerprint(pairs)}:{LOGPROB_VERSION}".encode(), digest_size=16
     ).hexdigest()
