@@ -1,9 +1,9 @@
 """The frozen-prefix fill and the reference pass, each sequence whole vs prefix-shared, as JSON.
 
-    python benchmarks/shared_passes.py --out shared_passes.json [--bf16] [--pairs 384] [--repeats 2]
+    python benchmarks/shared_passes.py --out shared_passes.json [--bf16] [--pairs 384] [--repeats 2] [--pack-length N]
 
 On the main job's training split (the built-in task, the embedded SmolLM2, the bottom 20 of its
-30 layers frozen, rows of up to 1024 tokens), best of `--repeats`, the two layouts taking turns:
+30 layers frozen, rows of up to `--pack-length` tokens, 1024), best of `--repeats`, the two layouts taking turns:
 
 - fill: the bottom layers' states of every sequence (`hafrm.modeling.prefix`), computed in
   whole-sequence units or in prefix-shared ones, and the memory the cache then holds;
@@ -48,8 +48,9 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=0, help="the first N training pairs (0: all)")
     ap.add_argument("--bf16", action="store_true", help="both passes under bf16 autocast")
     ap.add_argument("--full", action="store_true", help="also the reference pass without the cache")
+    ap.add_argument("--pack-length", type=int, default=HafConfig().pack_length, help="tokens per packed row")
     args = ap.parse_args()
-    cfg = HafConfig()
+    cfg = HafConfig(pack_length=args.pack_length)
     backbone = load_backbone(cfg.model, cfg.cache_dir)
     tokenizer, pad = backbone.tokenizer, backbone.tokenizer.pad_token_id
     model = HybridRewardModel(backbone.model).eval()
