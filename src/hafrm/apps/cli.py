@@ -232,8 +232,12 @@ def bench(
     batch_size: int = typer.Option(8, help="Pairs per optimizer step, for every contender."),
     steps: int = typer.Option(4, help="Timed optimizer steps per training contender (after one warm-up)."),
     max_length: int = typer.Option(512, help="Pairs longer than this are left out (no contender truncates)."),
-    packing: bool = typer.Option(True, "--packing/--no-packing", help="hafrm contenders pack their batches."),
-    contender: list[str] | None = typer.Option(None, help="Run only these (repeatable); default: all."),
+    packing: bool = typer.Option(
+        True, "--packing/--no-packing", help="hafrm contenders pack their batches (hafrm_hybrid_shared needs it)."
+    ),
+    contender: list[str] | None = typer.Option(
+        None, help=f"Run only these (repeatable): {', '.join(CONTENDERS)}; default: all."
+    ),
 ) -> None:
     """Throughput and memory of hafrm against TRL's RewardTrainer and DPOTrainer, and scoring."""
     unknown = sorted(set(contender or []) - set(CONTENDERS))
@@ -250,8 +254,9 @@ def bench(
         fail(str(e))
     write_text_atomic(out, json.dumps(report, indent=2) + "\n")
     for key, value in report.items():
-        if key.startswith(("ratio/", "fraction_")):
-            console.print(f"{key}: {'n/a' if value is None else f'{value:.3f}'}", highlight=False)
+        if key.startswith(("ratio/", "mfu/", "fraction_", "max_")):
+            shown = "n/a" if value is None else f"{value:.2e}" if key.startswith("max_") else f"{value:.3f}"
+            console.print(f"{key}: {shown}", highlight=False)
     console.print(f"wrote {out} ({report['seconds']:.0f} s)", highlight=False)
 
 
