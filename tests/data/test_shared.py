@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hafrm.config import HafConfig
-from hafrm.data.shared import first_fit, pack_shared_rows, shares_prompt
+from hafrm.data.shared import balanced_rows, first_fit, pack_shared_rows, shares_prompt
 from hafrm.data.tokenize import PairCollator, PairTokenizer, TokenizedPair, pair_features
 from hafrm.modeling.hybrid import HybridRewardModel
 from hafrm.objectives.haf import HybridObjective, step_metrics
@@ -13,6 +13,15 @@ from helpers import make_pairs, tiny_backbone
 
 def test_first_fit_keeps_order_and_gives_a_long_item_its_own_row():
     assert first_fit([3, 2, 4, 9, 1], row_length=5) == [[0, 1], [2, 4], [3]]
+
+
+def test_balanced_rows_spread_the_items_so_the_longest_row_is_shorter():
+    # first fit: [6, 4] and [3] -> rows padded to 10; spread: [6] and [4, 3] -> padded to 7
+    assert first_fit([6, 4, 3], row_length=10) == [[0, 1], [2]]
+    assert balanced_rows([6, 4, 3], row_length=10) == [[0], [1, 2]]
+    assert balanced_rows([5, 5, 5, 5, 2], row_length=12) == [[0, 1, 4], [2, 3]]  # no shorter spread: first fit's
+    assert balanced_rows([3, 2, 4, 9, 1], row_length=5) == [[0, 1], [2, 4], [3]]  # the long item alone
+    assert balanced_rows([4, 4], row_length=10) == [[0, 1]]  # one row: nothing to spread
 
 
 def test_shared_layout_by_hand():

@@ -32,6 +32,28 @@ def first_fit(lengths: Sequence[int], row_length: int) -> list[list[int]]:
     return rows
 
 
+def balanced_rows(lengths: Sequence[int], row_length: int) -> list[list[int]]:
+    """Items of these lengths in as many rows as `first_fit` needs, spread so the longest row is
+    as short as it can be made (longest item first, into the shortest row it fits): every row is
+    padded to the longest, so one nearly empty last row would cost a whole row of padding. Falls
+    back to `first_fit`'s rows where spreading does not shorten them; each row keeps input order."""
+    rows = first_fit(lengths, row_length)
+    if len(rows) < 2:
+        return rows
+    spread: list[list[int]] = [[] for _ in rows]
+    used = [0] * len(rows)
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        fits = [r for r in range(len(rows)) if used[r] + lengths[i] <= row_length or not spread[r]]
+        if not fits:
+            return rows
+        r = min(fits, key=lambda r: used[r])
+        spread[r].append(i)
+        used[r] += lengths[i]
+    if max(used) >= max(sum(lengths[i] for i in row) for row in rows):
+        return rows
+    return [sorted(row) for row in sorted(spread, key=min)]
+
+
 def shares_prompt(chosen: Sequence[int], rejected: Sequence[int], chosen_start: int, rejected_start: int) -> bool:
     """Whether the two sequences have the same prompt tokens, and each a response after it."""
     return (
@@ -50,8 +72,8 @@ def pack_shared_rows(
     row_length: int,
     isolate_branches: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """B pairs as prefix-shared segments packed into rows of at most `row_length` tokens (first fit;
-    a longer segment gets a row of its own). Sequence i is pair i's chosen, B + i its rejected.
+    """B pairs as prefix-shared segments packed into rows of at most `row_length` tokens
+    (`balanced_rows`; a longer segment gets a row of its own). Sequence i is pair i's chosen, B + i its rejected.
 
     Returns input_ids and position_ids (R, L); attention (R, L, L), True where the row's token j
     (the middle index) may attend to token i (the last); seq_ends (2B, 2), the row and column of
@@ -74,7 +96,7 @@ def pack_shared_rows(
         else:
             segments += [[(i, list(chosen[i]), chosen_starts[i])], [(B + i, list(rejected[i]), rejected_starts[i])]]
     lengths = [sum(len(tokens) for _, tokens, _ in seg) for seg in segments]
-    rows = first_fit(lengths, row_length)
+    rows = balanced_rows(lengths, row_length)
     L = max(sum(lengths[k] for k in row) for row in rows)
     input_ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
     position_ids = torch.zeros((len(rows), L), dtype=torch.long)

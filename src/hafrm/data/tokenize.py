@@ -11,7 +11,7 @@ from typing import Any
 import datasets
 import torch
 
-from hafrm.data.shared import first_fit, pack_shared_rows
+from hafrm.data.shared import balanced_rows, pack_shared_rows
 from hafrm.data.types import PreferencePair
 
 PLAIN_TEMPLATE_HELP = "'<role>: <content>' lines, then 'assistant: ' and the response + EOS"
@@ -196,7 +196,7 @@ def pad_rows(
 def pack_rows(
     seqs: Sequence[list[int]], starts: Sequence[int], pad_id: int, row_length: int
 ) -> dict[str, torch.Tensor]:
-    """Pack sequences back to back into rows of at most `row_length` tokens (first fit, in order).
+    """Pack sequences back to back into rows of at most `row_length` tokens (`balanced_rows`).
 
     Returns input_ids, position_ids (restarting at 0 for every sequence), response_mask,
     segment_ids (the sequence of each token; -1 on the padding that evens the rows out) and
@@ -204,7 +204,7 @@ def pack_rows(
     gets a row of its own. The padding at a row's end is a block of its own (its positions
     restart too), so no real token attends to it.
     """
-    rows = first_fit([len(s) for s in seqs], row_length)
+    rows = balanced_rows([len(s) for s in seqs], row_length)
     L = max(sum(len(seqs[i]) for i in row) for row in rows)
     shape = (len(rows), L)
     input_ids = torch.full(shape, pad_id, dtype=torch.long)
