@@ -245,8 +245,9 @@ class HybridRewardModel(nn.Module):
         logp_targets: Tensor | None,
         logp_seq: Tensor | None,
     ) -> HybridOutput:
-        """`forward` on prefix-shared rows: the backbone gets the mask itself (`backbone_mask`)."""
-        mask = backbone_mask(attention, self.config._attn_implementation)
+        """`forward` on prefix-shared rows: the backbone gets the mask itself (`backbone_mask`; a
+        BlockMask from `segments` under flex_attention)."""
+        mask = backbone_mask(attention, self.config._attn_implementation, segments)
         if self.prefix_cache is not None:  # the bottom layers' output read from the cache
             if segments is None:
                 raise ValueError("prefix-shared rows need their segments to go through the frozen-prefix cache")
