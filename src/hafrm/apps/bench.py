@@ -407,7 +407,7 @@ def mfu(result: dict, peaks_gflops: dict[str, float]) -> float:
 def run_bench(spec: BenchSpec, log=print) -> dict[str, Any]:
     """Every contender in its own subprocess, then the ratios the performance targets are set on."""
     started = time.time()
-    peaks = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
+    first = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
     results: dict[str, Any] = {}
     for name in spec.contenders:
         log(f"bench: {name} …")
@@ -419,9 +419,14 @@ def run_bench(spec: BenchSpec, log=print) -> dict[str, Any]:
                 results[name] = {"error": " | ".join(tail)}
             else:
                 results[name] = json.loads(Path(out.name).read_text())
-                if "model_flops_per_s" in results[name]:
-                    results[name]["mfu"] = mfu(results[name], peaks)
         log(f"bench: {name}: {results[name]}")
+    # the peaks probed again after the contenders, the best kept: a VM's first probe can run slow
+    # (one HH bench measured fp32 at 76 GFLOP/s before its contenders, another run 129)
+    peaks = {dtype: max(gflops, matmul_peak_gflops(getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[dtype])))
+             for dtype, gflops in first.items()}  # fmt: skip
+    for result in results.values():
+        if "model_flops_per_s" in result:
+            result["mfu"] = mfu(result, peaks)
     _, toks, data = _load_pairs(spec)
     best_peak = max(peaks.values()) * 1e9
     hybrid = results.get("hafrm_hybrid", {})
@@ -429,7 +434,11 @@ def run_bench(spec: BenchSpec, log=print) -> dict[str, Any]:
         "spec": asdict(spec),
         "data": data,
         "pairs_available": len(toks),
-        "machine": {"matmul_peak_gflops_fp32": peaks["fp32"], "matmul_peak_gflops_bf16": peaks["bf16"]},
+        "machine": {
+            "matmul_peak_gflops_fp32": peaks["fp32"],
+            "matmul_peak_gflops_bf16": peaks["bf16"],
+            "first_probe_gflops": first,
+        },
         "results": results,
         "ratio/hybrid_vs_reward_step_time": _ratio(results, "hafrm_hybrid", "hafrm_reward", "step_time_s"),
         "ratio/hybrid_shared_vs_hybrid_pairs_per_s": _ratio(

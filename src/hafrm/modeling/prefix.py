@@ -335,7 +335,7 @@ def _compute_set(
                     first, second = [list(units[i].first) for i in batch], [list(units[i].second) for i in batch]
                     starts = [units[i].prompt for i in batch]
                     rows = pack_shared_rows(first, second, starts, starts, pad_token_id, pack_length)
-                    mask = backbone_mask(rows["attention"], implementation).to(model.device)
+                    mask = backbone_mask(rows["attention"].to(model.device), implementation, rows["segments"])
                 else:
                     rows = pack_rows([list(units[i].first) for i in batch], [0] * len(batch), pad_token_id, pack_length)
                     mask = None
