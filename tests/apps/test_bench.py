@@ -39,7 +39,9 @@ def test_bench_writes_contenders_and_ratios(report):
     assert results["hafrm_hybrid"]["reference_pass_s"] > 0 and results["hafrm_reward"]["reference_pass_s"] == 0
     assert report["ratio/hybrid_vs_reward_step_time"] > 0 and report["ratio/score_vs_seqcls_pairs_per_s"] > 0
     assert report["ratio/hybrid_vs_trl_dpo_pairs_per_s"] is None  # not run: no number, rather than a made-up one
-    assert report["machine"] == {"matmul_peak_gflops_fp32": 100.0, "matmul_peak_gflops_bf16": 1.0}
+    first = {"fp32": 100.0, "bf16": 1.0}  # the probe before the contenders; the peaks: the better of it and after
+    assert report["machine"] == {"matmul_peak_gflops_fp32": 100.0, "matmul_peak_gflops_bf16": 1.0,
+                                 "first_probe_gflops": first}  # fmt: skip
 
 
 def test_prefix_shared_contender_same_pairs_same_losses(report):
@@ -90,3 +92,12 @@ def test_default_contenders_include_the_prefix_shared_one():
 def test_unknown_contender_is_exit_2(tmp_path):
     result = CliRunner().invoke(app, ["bench", "--contender", "vllm", "--out", str(tmp_path / "b.json")])
     assert result.exit_code == 2 and "unknown contender" in result.output
+
+
+def test_the_peaks_are_the_better_of_a_probe_before_and_one_after_the_contenders(tiny_model_dir, monkeypatch):
+    probes = iter([50.0, 1.0, 80.0, 0.5])  # fp32 then bf16, before the contenders; then after them
+    monkeypatch.setattr(bench, "matmul_peak_gflops", lambda dtype: next(probes))
+    spec = bench.BenchSpec(model=str(tiny_model_dir), data="builtin", pairs=4, contenders=[])
+    machine = bench.run_bench(spec, log=lambda *a: None)["machine"]
+    assert machine == {"matmul_peak_gflops_fp32": 80.0, "matmul_peak_gflops_bf16": 1.0,
+                       "first_probe_gflops": {"fp32": 50.0, "bf16": 1.0}}  # fmt: skip
