@@ -78,7 +78,7 @@ def main() -> None:
                     _store(cache, unit, st)
                 caches[name] = cache
                 report[f"fill/{name}/units"] = len(units)
-                report[f"fill/{name}/tokens"] = sum(len(u) for u in units)
+                report[f"fill/{name}/tokens"] = sum(u.tokens for u in units)
             for name in order:  # the reference pass, through the cache filled in the same layout
                 model.attach_prefix_cache(caches[name])
                 run = lambda shared=LAYOUTS[name]: compute_logps(model, pairs, pad, 16, cfg.pack_length, shared)  # noqa: E731

@@ -243,7 +243,9 @@ class Unit(NamedTuple):
     second: tuple[int, ...] = ()
     prompt: int = 0  # the shared prompt's length (0 alone)
 
-    def __len__(self) -> int:
+    @property
+    def tokens(self) -> int:
+        """The positions its states take: the prompt once."""
         return len(self.first) + len(self.second) - self.prompt
 
 
@@ -310,7 +312,7 @@ def fill(
         log.warning("prefix cache %s does not match its data set; recomputing", path)
     with eval_mode(model):
         per_unit = _compute_set(model, cache.n_layers, units, pad_token_id, pack_length)
-    offsets = torch.tensor([0, *torch.cumsum(torch.tensor([len(u) for u in units]), 0).tolist()])
+    offsets = torch.tensor([0, *torch.cumsum(torch.tensor([u.tokens for u in units]), 0).tolist()])
     with atomic_path(path) as tmp:
         save_file({"states": torch.cat(per_unit).contiguous(), "offsets": offsets}, str(tmp))
     for unit, states in zip(units, per_unit, strict=True):
@@ -329,7 +331,7 @@ def _compute_set(
     with tqdm(total=len(units), desc=f"frozen-prefix states ({n_layers} layers)", unit="unit") as bar:
         for shared in (False, True):
             todo = [i for i, u in enumerate(units) if bool(u.second) == shared]
-            for batch in length_batches([len(units[i]) for i in todo], max_tokens=4 * pack_length, packed=True):
+            for batch in length_batches([units[i].tokens for i in todo], max_tokens=4 * pack_length, packed=True):
                 batch = [todo[j] for j in batch]
                 if shared:
                     first, second = [list(units[i].first) for i in batch], [list(units[i].second) for i in batch]
@@ -346,7 +348,7 @@ def _compute_set(
                 ends = rows["seq_ends"].tolist()
                 for j, i in enumerate(batch):  # a unit ends where its last sequence does
                     r, c = ends[len(batch) + j] if shared else ends[j]
-                    per_unit[i] = bottom[r, c + 1 - len(units[i]) : c + 1].float().cpu()
+                    per_unit[i] = bottom[r, c + 1 - units[i].tokens : c + 1].float().cpu()
                 bar.update(len(batch))
     return per_unit  # type: ignore[return-value]
 

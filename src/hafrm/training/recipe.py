@@ -241,7 +241,7 @@ def setup_prefix_cache(cfg: HafConfig, setup: ModelSetup, data: TrainData, train
         return FrozenPrefix(cache=None)
     toks = [*data.eval_sets, data.train_tok]
     hidden = model.config.get_text_config().hidden_size
-    need = sum(len(u) for tok in toks for u in fill_units(tok.pairs, cfg.shares_prefixes)) * hidden * 4
+    need = sum(u.tokens for tok in toks for u in fill_units(tok.pairs, cfg.shares_prefixes)) * hidden * 4
     if need > cfg.prefix_cache_mib * 2**20:
         log.warning("frozen-prefix cache off: %.0f MiB of states > prefix_cache_mib %d; the frozen layers run every "
                     "step", need / 2**20, cfg.prefix_cache_mib)  # fmt: skip
