@@ -266,7 +266,7 @@ def mask_stats(b: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="attention_mask.json")
-    parser.add_argument("--batches", type=int, default=4, help="timed built-in batches (one more is a warm-up)")
+    parser.add_argument("--batches", type=int, default=4, help="timed built-in batches (+1 warm-up); 0: none")
     parser.add_argument("--hh-batches", type=int, default=3, help="timed HH helpful batches; 0: none")
     parser.add_argument("--bf16", action="store_true", help="the steps under bf16 autocast, as training runs them")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -281,7 +281,7 @@ def main() -> None:
     model.freeze_bottom(-10)
     pad = backbone.tokenizer.pad_token_id
     encoder = PairTokenizer(backbone.tokenizer, 512, 256)
-    sets = {"builtin": builtin_pairs(HafConfig())[: 8 * (args.batches + 1)]}
+    sets = {"builtin": builtin_pairs(HafConfig())[: 8 * (args.batches + 1)]} if args.batches > 0 else {}
     if HH.is_file() and args.hh_batches > 0:
         n = 8 * (args.hh_batches + 1)
         sets["hh_helpful"] = load_source(str(HH), DataOptions(on_error="skip", max_pairs=n))[0]
