@@ -12,7 +12,7 @@ import yaml
 from hafrm.data.formats import FORMATS, PKU_LABELS, DataOptions, parse_mapping
 from hafrm.errors import ConfigError, DataError
 from hafrm.modeling.backbone import DEFAULT_MODEL
-from hafrm.objectives.haf import ALPHA_SCHEDULES
+from hafrm.objectives.haf import ALPHA_SCHEDULES, AUTO_ALPHA
 from hafrm.objectives.losses import POLICY_LOSSES
 
 
@@ -91,7 +91,12 @@ class HafConfig:
     )
     # loss -----------------------------------------------------------------------------------
     loss: str = _f("sigmoid", f"Policy loss: {', '.join(POLICY_LOSSES)}.", group="loss")
-    alpha: float = _f(0.2, "Weight of the policy loss in hybrid mode (>= 0).", group="loss")
+    alpha: float | str = _f(
+        0.2,
+        f"Weight of the policy loss in hybrid mode (>= 0), or '{AUTO_ALPHA}': the ratio of the running mean "
+        "losses, BT / policy (uncertainty weighting at its optimum).",
+        group="loss",
+    )
     alpha_schedule: str = _f(
         "constant",
         "How alpha moves over training: constant, warmup (0 up to alpha) or decay (alpha down to 0).",
@@ -232,7 +237,14 @@ class HafConfig:
     @property
     def policy_weight(self) -> float:
         spec = self.mode_spec
-        return self.alpha if spec.uses_alpha else spec.policy_weight
+        if not spec.uses_alpha:
+            return spec.policy_weight
+        return 1.0 if self.auto_alpha else float(self.alpha)  # under auto, the objective's ratio multiplies it
+
+    @property
+    def auto_alpha(self) -> bool:
+        """Whether alpha is set from the losses as training goes (`alpha: auto`)."""
+        return self.alpha == AUTO_ALPHA
 
     @property
     def needs_policy(self) -> bool:
@@ -253,7 +265,9 @@ class HafConfig:
         _choice("select_by", self.select_by, SELECTION_METRICS)
         _choice("precision", self.precision, PRECISIONS)
         _choice("alpha_schedule", self.alpha_schedule, dict.fromkeys(ALPHA_SCHEDULES))
-        if self.alpha < 0:
+        if isinstance(self.alpha, str) and not self.auto_alpha:
+            raise ConfigError(f"alpha must be a number >= 0 or '{AUTO_ALPHA}', got {self.alpha!r}")
+        if not self.auto_alpha and self.alpha < 0:
             raise ConfigError(f"alpha must be >= 0, got {self.alpha}")
         if self.beta <= 0:
             raise ConfigError(f"beta must be > 0, got {self.beta}")

@@ -1,6 +1,7 @@
 """The CLI end to end on a tiny random model, and one-line errors (exit 2) for bad input."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -212,12 +213,40 @@ def test_other_modes_train(tiny_model_dir, tmp_path):
         assert (tmp_path / mode / "metrics.json").is_file()
 
 
+def test_alpha_auto_trains_and_its_state_is_resumed(tiny_model_dir, tmp_path):
+    out = tmp_path / "auto"
+    args = ["train", "--model", str(tiny_model_dir), "--alpha", "auto", "--builtin-pairs", "24", "--max-steps", "4"]
+    args += ["--save-steps", "2", "--eval-steps", "2", "--logging-steps", "1", "--output-dir", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    state = json.loads((out / "checkpoint-2" / "objective_state.json").read_text())["auto_alpha"]
+    assert state["decay"] == 0.9 and state["bt"] > 0 and state["policy"] > 0
+    history = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    logged = [row["alpha"] for row in history if "alpha" in row and "loss" in row]
+    assert len(logged) == 4 and len(set(logged)) > 1  # it moves with the losses
+    # resumed from checkpoint-2, the running means start where they were (not at 1)
+    import hafrm.objectives.haf as haf
+
+    seen = []
+    original = haf.AutoAlpha.update
+    haf.AutoAlpha.update = lambda self, bt, pol: (seen.append((self.bt, self.policy)), original(self, bt, pol))[1]
+    try:
+        for checkpoint in ("checkpoint-4",):
+            shutil.rmtree(out / checkpoint)
+        result = runner.invoke(app, [*args, "--resume"])
+    finally:
+        haf.AutoAlpha.update = original
+    assert result.exit_code == 0, result.output
+    assert seen[0] == (pytest.approx(state["bt"]), pytest.approx(state["policy"]))
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["train", "--mode", "ppo"], "unknown mode 'ppo'; accepted: hybrid, reward, dpo"),
         (["train", "--loss", "kto"], "unknown loss 'kto'"),
         (["train", "--alpha", "-1"], "alpha must be >= 0"),
+        (["train", "--alpha", "often"], "alpha must be a number >= 0 or 'auto', got 'often'"),
         (["train", "--alpha-schedule", "zigzag"], "unknown alpha_schedule 'zigzag'; accepted: constant, warmup, decay"),
         (["experiment", "--config", "no/such.yaml", "--output-dir", "x"], "no/such.yaml: no such experiment file"),
         (["train", "--model", "./no/such/model"], "model path ./no/such/model does not exist"),

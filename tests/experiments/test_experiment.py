@@ -13,12 +13,14 @@ from hafrm.evaluation.rewardbench import REWARDBENCH_SECTIONS, rewardbench_secti
 from hafrm.experiments import parse_experiment, plan_cells
 from hafrm.experiments.analysis import (
     accuracy_grid,
+    alpha_sweep,
     best_of_n,
     calibration,
     checkpoint_selection,
     comparisons,
     in_distribution,
     out_of_distribution,
+    paired_interval,
     sign_test,
 )
 
@@ -71,6 +73,7 @@ def test_plan_is_methods_by_datasets_by_seeds_plus_mixed_and_sweep():
         ({"train": {"on_error": "skip"}}, "data options go on each dataset"),
         ({"methods": {"haf": "hybrid"}}, "give a mapping of HafConfig fields"),
         ({"alpha_sweep": {"dataset": "arith", "alphas": [-1]}}, "cell hybrid@alpha=-1--arith--s0"),
+        ({"alpha_sweep": {"dataset": "arith", "alphas": ["often"]}}, "alphas must be a list of numbers or 'auto'"),
         ({"datasets": {"a": {"data": "x.jsonl", "on_error": "ignore"}}}, "dataset 'a'"),
         ({"train": {"loss": "banana"}}, "loss"),
     ],
@@ -173,6 +176,67 @@ def test_comparisons_pair_seeds_and_test_pairs():
     out = comparisons(cells, spec)["hybrid vs reward"]
     assert out["in_distribution"]["seeds"] == 2 and out["in_distribution"]["seeds_incomplete"] == [2]
     assert out["out_of_distribution"]["pairs"] == 4 and out["out_of_distribution"]["seeds_incomplete"] == [2]
+
+
+def test_paired_interval_resamples_pairs_and_seeds():
+    # one seed, 400 test pairs, a better on 100 and tied on the rest: the mean difference 0.25 with
+    # standard error sqrt(0.25 * 0.75 / 400) = 0.0217, so about 0.25 -/+ 0.042
+    a = {("t", "t", 0): [1.0] * 100 + [0.0] * 300}
+    b = {("t", "t", 0): [0.0] * 400}
+    lo, hi = paired_interval(a, b, {0: list(a)})
+    assert lo == pytest.approx(0.25 - 1.96 * 0.02165, abs=0.01) and hi == pytest.approx(0.25 + 1.96 * 0.02165, abs=0.01)
+    assert paired_interval(a, b, {0: list(a)}) == [lo, hi]  # seeded
+    # the same pairs over three seeds whose differences disagree: the seeds' spread widens it
+    a3 = {("t", "t", s): [float(s == 0)] * 400 for s in range(3)}
+    b3 = {k: [0.0] * 400 for k in a3}
+    lo3, hi3 = paired_interval(a3, b3, {s: [("t", "t", s)] for s in range(3)})
+    assert lo3 == pytest.approx(0.0) and hi3 == pytest.approx(1.0)  # all three seeds drawn alike happens
+
+
+def test_comparisons_per_skill_and_between_haf_rows():
+    spec = _spec(seeds=[0], datasets={"t": {"data": "builtin"}})
+
+    def scores(correct):  # four pairs: two arithmetic, two facts
+        d = _s([float(c) for c in correct], [0.5] * 4)
+        d["subsets"] = ["arithmetic.add", "arithmetic.multiply", "facts.capital", "facts.language"]
+        return d
+
+    cells = [
+        _cell("hybrid", "hybrid", "t", 0, {"t": scores([1, 1, 0, 0])}),
+        _cell("hybrid_auto", "hybrid", "t", 0, {"t": scores([1, 1, 1, 0])}),
+        _cell("reward", "reward", "t", 0, {"t": scores([0, 0, 0, 0])}),
+    ]
+    out = comparisons(cells, spec)
+    skills = out["hybrid vs reward"]["per_skill"]
+    assert skills["arithmetic"]["difference"]["values"] == [1.0] and skills["facts"]["difference"]["values"] == [0.0]
+    assert skills["arithmetic"]["ci95"] == [1.0, 1.0]
+    # a later HaF row against an earlier one, once
+    assert out["hybrid_auto vs hybrid"]["in_distribution"]["difference"]["values"] == [0.25]
+    assert "hybrid vs hybrid_auto" not in out
+    assert out["hybrid_auto vs hybrid"]["per_skill"]["facts"]["difference"]["values"] == [0.5]
+
+
+def test_alpha_sweep_with_auto_against_the_main_hybrid_cell():
+    spec = _spec(seeds=[0, 1], alpha_sweep={"dataset": "arith", "alphas": [1, "auto"]})
+    sweep = [c for c in plan_cells(spec) if c.kind == "sweep"]
+    assert [c.id for c in sweep if c.seed == 0] == ["hybrid@alpha=1--arith--s0", "hybrid@alpha=auto--arith--s0"]
+    assert spec.cell_config("hybrid", 0).replace(**sweep[1].overrides).auto_alpha
+
+    def cell(method, kind, alpha, seed, correct):
+        c = _cell(method, "hybrid", "arith", seed, {"arith": _s([float(x) for x in correct], [0.5] * 4)}, kind=kind)
+        return c | {"alpha": alpha}
+
+    cells = [
+        cell("hybrid", "main", 0.2, 0, [1, 0, 0, 0]), cell("hybrid", "main", 0.2, 1, [1, 1, 0, 0]),
+        cell("hybrid@alpha=auto", "sweep", "auto", 0, [1, 1, 1, 0]),
+        cell("hybrid@alpha=auto", "sweep", "auto", 1, [1, 1, 0, 0]),
+        cell("hybrid@alpha=1", "sweep", 1.0, 0, [0, 0, 0, 0]),
+    ]  # fmt: skip
+    out = alpha_sweep(cells, spec)
+    assert list(out["alphas"]) == ["0.2", "1", "auto"]
+    auto = out["against_main"]["auto vs 0.2"]["reward"]
+    assert auto["difference"]["values"] == [0.5, 0.0] and auto["seeds_won"] == 1
+    assert out["against_main"]["1 vs 0.2"]["reward"]["seeds"] == 1
 
 
 def test_best_of_n_with_a_judge_by_hand():

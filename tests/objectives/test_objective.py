@@ -8,9 +8,10 @@ import torch
 
 from hafrm.config import HafConfig
 from hafrm.data.tokenize import PairCollator, PairTokenizer, pair_dataset, pair_features
+from hafrm.errors import ConfigError
 from hafrm.modeling.hybrid import HybridRewardModel
 from hafrm.objectives.accuracy import accuracy
-from hafrm.objectives.haf import HybridObjective, LossParts, PairScores, policy_weight, step_metrics
+from hafrm.objectives.haf import AutoAlpha, HybridObjective, LossParts, PairScores, policy_weight, step_metrics
 from hafrm.objectives.losses import POLICY_LOSSES, PolicyLogps, bradley_terry_loss, sigmoid_loss
 from hafrm.training.reference import compute_logps
 from helpers import make_pairs, tiny_backbone
@@ -71,6 +72,51 @@ def test_alpha_schedule_weights_the_policy_loss(setup, schedule, progress, w_pol
     assert torch.allclose(step.losses, bt + w_pol * pol, atol=1e-6)
     assert step_metrics(step)["alpha"] == pytest.approx(w_pol)
     assert step.alpha == policy_weight(cfg, progress) == pytest.approx(w_pol)
+
+
+def test_auto_alpha_is_the_ratio_of_the_running_mean_losses(setup):
+    model, batch = setup
+    cfg = HafConfig(mode="hybrid", alpha="auto")
+    objective = HybridObjective(cfg)
+    bt, pol = _by_hand(model, batch, 0.1)
+    bt1, pol1 = bt.mean().item(), pol.mean().item()
+    with torch.no_grad():
+        first = objective(model, batch, progress=0.0)  # the first step: the means are its losses
+        assert first.alpha == pytest.approx(bt1 / pol1, rel=1e-5)
+        assert torch.allclose(first.losses, bt + bt1 / pol1 * pol, atol=1e-5)
+        # a later step with other losses: the means move by 1 - decay = 0.1 of the way
+        objective.auto_alpha.update(2.0, 0.5)
+        bt_mean, pol_mean = 0.9 * (0.9 * bt1 + 0.1 * 2.0) + 0.1 * bt1, 0.9 * (0.9 * pol1 + 0.1 * 0.5) + 0.1 * pol1
+        second = objective(model, batch, progress=0.5)
+        assert second.alpha == pytest.approx(bt_mean / pol_mean, rel=1e-5)
+        # evaluation (no progress) reads the means and leaves them as they are
+        state = objective.auto_alpha.state_dict()
+        ev = objective(model, batch)
+        assert ev.alpha == pytest.approx(second.alpha) and objective.auto_alpha.state_dict() == state
+
+
+def test_auto_alpha_starts_at_one_and_restores_its_state():
+    auto = AutoAlpha()
+    assert auto.alpha == 1.0  # before any step (both losses start at log 2)
+    auto.update(0.6, 0.3)
+    auto.update(0.5, 0.5)
+    again = AutoAlpha()
+    again.load_state_dict(auto.state_dict())
+    assert again.alpha == auto.alpha == pytest.approx((0.9 * 0.6 + 0.1 * 0.5) / (0.9 * 0.3 + 0.1 * 0.5))
+
+
+def test_auto_alpha_follows_the_alpha_schedule(setup):
+    model, batch = setup
+    objective = HybridObjective(HafConfig(mode="hybrid", alpha="auto", alpha_schedule="decay"))
+    with torch.no_grad():
+        step = objective(model, batch, progress=0.25)
+    assert step.alpha == pytest.approx(0.75 * objective.auto_alpha.alpha)
+
+
+@pytest.mark.parametrize("alpha", ["often", -0.5])
+def test_alpha_is_a_number_or_auto(alpha):
+    with pytest.raises(ConfigError, match="alpha must be"):
+        HafConfig(alpha=alpha)
 
 
 def test_reward_mode_skips_the_lm_head(setup):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +62,18 @@ def _number_or_unset(kind: type) -> Callable[[str], Any]:
     return parse
 
 
+def _number_or_word(kind: type) -> Callable[[str], Any]:
+    """A number, or else the word as given (the field's own validation names the words it takes)."""
+
+    def parse(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            return text.strip()
+
+    return parse
+
+
 def _field_option(f: dataclasses.Field, kind: Any) -> inspect.Parameter:
     """A HafConfig field as a `hafrm train` option; its default is None (overrides nothing), and
     --help shows the field's default."""
@@ -70,6 +83,10 @@ def _field_option(f: dataclasses.Field, kind: Any) -> inspect.Parameter:
     optional = type(None) in typing.get_args(kind)
     if optional:
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    words = typing.get_origin(kind) in (typing.Union, types.UnionType) and str in typing.get_args(kind)  # alpha
+    if words:
+        kind = next(a for a in typing.get_args(kind) if a is not str)
+        extra = {"parser": _number_or_word(kind), "metavar": f"<{kind.__name__}|word>"}
     if kind is bool:
         flags = [f"{flag}/--no-{flag[2:]}" for flag in flags]
         shown = ("" if default else "no-") + f.name.replace("_", "-")
@@ -77,7 +94,7 @@ def _field_option(f: dataclasses.Field, kind: Any) -> inspect.Parameter:
         shown = " ".join(default) or "none"
     else:
         shown = UNSET if default is None else str(default)
-    if optional and kind is not str:
+    if optional and kind is not str and not words:
         extra = {"parser": _number_or_unset(kind), "metavar": f"<{kind.__name__}>"}
         text += f" '{UNSET}' unsets it."
     group = GROUPS[f.metadata["group"]]

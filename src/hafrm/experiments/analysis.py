@@ -13,14 +13,17 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from hafrm.evaluation.bon import groups, picks, topk_recall, win_rate
 from hafrm.evaluation.rewardbench import rewardbench_sections
-from hafrm.experiments.spec import MIXED, ExperimentSpec
+from hafrm.experiments.spec import MIXED, ExperimentSpec, alpha_name
 from hafrm.heads import HEAD_NAMES, SCORE_KEYS
 from hafrm.objectives.accuracy import accuracy
 
 SELECTION = ("reward", "accuracy", "loss", "margin", "step")
 CALIBRATION_BINS = 10
+BOOTSTRAP = 2000  # resamples behind each paired 95 % interval
 
 
 def pair_accuracy(chosen: Sequence[float], rejected: Sequence[float]) -> list[float]:
@@ -248,13 +251,16 @@ def calibration(cells: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def alpha_sweep(cells: list[dict[str, Any]], spec: ExperimentSpec) -> dict[str, Any]:
-    """Accuracy of both heads against alpha on the sweep dataset (the main hybrid cell included)."""
+    """Accuracy of both heads against alpha on the sweep dataset (the main hybrid cell included),
+    and each swept alpha against the main hybrid cell's, paired by seed and test pair."""
     sweep = spec.alpha_sweep
     if sweep is None:
         return {}
     seeds = set(sweep.seeds or spec.seeds)
     by_alpha: dict = defaultdict(lambda: defaultdict(list))
     by_schedule: dict = defaultdict(lambda: defaultdict(list))
+    correct: dict = defaultdict(lambda: defaultdict(dict))  # alpha name -> head -> (train, test, seed) -> pairs
+    base = None
     for cell in cells:
         info = cell["cell"]
         if info["train"] != sweep.dataset or cell["mode"] != "hybrid" or info["seed"] not in seeds:
@@ -263,16 +269,46 @@ def alpha_sweep(cells: list[dict[str, Any]], spec: ExperimentSpec) -> dict[str, 
             continue
         scores = cell["scores"][sweep.dataset]
         schedule = cell.get("alpha_schedule", "constant")
+        name = alpha_name(cell["alpha"])
+        if info["kind"] == "main":
+            base = name
         for head in HEAD_NAMES:
             if schedule == "constant":
                 by_alpha[cell["alpha"]][head].append(head_accuracy(scores, head))
+                c, r = SCORE_KEYS[head]
+                if c in scores:
+                    key = (sweep.dataset, sweep.dataset, info["seed"])
+                    correct[name][head][key] = pair_accuracy(scores[c], scores[r])
             if schedule != "constant" or info["kind"] == "main":
-                by_schedule[f"{schedule} (alpha {cell['alpha']:g})"][head].append(head_accuracy(scores, head))
+                by_schedule[f"{schedule} (alpha {name})"][head].append(head_accuracy(scores, head))
     return {
         "dataset": sweep.dataset,
-        "alphas": {f"{a:g}": {h: mean_std(v) for h, v in heads.items()} for a, heads in sorted(by_alpha.items())},
+        "alphas": {alpha_name(a): {h: mean_std(v) for h, v in heads.items()} for a, heads in _by_alpha(by_alpha)},
         "schedules": {s: {h: mean_std(v) for h, v in heads.items()} for s, heads in by_schedule.items()},
+        "against_main": _against_main(correct, base),
     }
+
+
+def _against_main(correct: dict, base: str | None) -> dict[str, Any]:
+    """Each swept alpha against the main hybrid cell's (`base`), per head, paired by seed."""
+    out = {}
+    for name in correct:
+        if base is None or name == base:
+            continue
+        heads = {}
+        for head in HEAD_NAMES:
+            keys = [k for k in correct[name][head] if k in correct[base][head]]
+            result = _paired(correct[name][head], correct[base][head], keys, 1) if keys else None
+            if result:
+                heads[head] = result
+        out[f"{name} vs {base}"] = heads
+    return out
+
+
+def _by_alpha(by_alpha: dict) -> list:
+    """The sweep's alphas in order: the numbers ascending, then the words (auto)."""
+    words = sorted(a for a in by_alpha if isinstance(a, str))
+    return [(a, by_alpha[a]) for a in sorted(a for a in by_alpha if not isinstance(a, str)) + words]
 
 
 def best_of_n(
@@ -349,10 +385,11 @@ def sign_test(wins: int, losses: int) -> float:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
 
 
-def _correct(cells: list[dict[str, Any]]) -> tuple[dict, dict[str, str]]:
-    """row -> (train, test, seed) -> per-pair correctness (main cells), and each row's mode."""
+def _correct(cells: list[dict[str, Any]]) -> tuple[dict, dict[str, str], dict]:
+    """row -> (train, test, seed) -> per-pair correctness (main cells), each row's mode, and
+    (train, test) -> each test pair's skill (its subset's first part: "arithmetic.add" -> "arithmetic")."""
     out: dict = defaultdict(dict)
-    modes = {}
+    modes, skills = {}, {}
     for cell in _by(cells, "main"):
         for row, head in rows_of(cell):
             c, r = SCORE_KEYS[head]
@@ -360,26 +397,30 @@ def _correct(cells: list[dict[str, Any]]) -> tuple[dict, dict[str, str]]:
             for test, scores in cell["scores"].items():
                 if c in scores and not test.startswith("external/"):
                     out[row][(cell["cell"]["train"], test, cell["cell"]["seed"])] = pair_accuracy(scores[c], scores[r])
-    return out, modes
+                    skills[(cell["cell"]["train"], test)] = [s.split(".")[0] for s in scores.get("subsets", [])]
+    return out, modes, skills
 
 
 def comparisons(cells: list[dict[str, Any]], spec: ExperimentSpec) -> dict[str, Any]:
-    """HaF's rows (hybrid-mode methods, both heads) against every other method, paired by seed.
+    """HaF's rows (hybrid-mode methods, both heads) against every other method, and each HaF row
+    against the HaF rows before it (e.g. `hybrid_auto` vs `hybrid`), paired by seed.
 
     Per seed: the difference of the average accuracy over datasets, in distribution (train set ==
     test set) and out of it (every train != test); its mean ± std over the seeds both rows have
     complete (a seed still missing a cell is left out, and counted), the seeds HaF won, and each
-    row's own seed spread. Per test pair, over the same seeds: the pairs HaF scored better (right
-    where the other was wrong or tied, or tied where it was wrong) and worse, with a sign test's
-    p-value. The same test pairs recur across seeds, so that p-value is optimistic; the seed-level
-    difference is the one to quote."""
+    row's own seed spread; a paired 95 % interval of the mean difference (`ci95`), by a bootstrap
+    that resamples both the seeds and the test pairs (the same pairs in every seed and both rows),
+    so it holds for other seeds and other test pairs of the same kind. Per test pair, over the
+    same seeds: the pairs HaF scored better (right where the other was wrong or tied, or tied
+    where it was wrong) and worse, with a sign test's p-value (optimistic: the same test pairs
+    recur across seeds). In distribution, the same per skill where the test pairs name one."""
     datasets = list(spec.datasets)
-    correct, modes = _correct(cells)
+    correct, modes, skills = _correct(cells)
     haf = [r for r, m in modes.items() if m == "hybrid"]
     others = [r for r, m in modes.items() if m != "hybrid"]
     out: dict[str, Any] = {}
-    for a in haf:
-        for b in others:
+    for i, a in enumerate(haf):
+        for b in others + haf[:i]:
             entry = {}
             for where, same in (("in_distribution", True), ("out_of_distribution", False)):
                 keys = [
@@ -387,18 +428,35 @@ def comparisons(cells: list[dict[str, Any]], spec: ExperimentSpec) -> dict[str, 
                     for k in correct[a]
                     if k in correct[b] and (k[0] == k[1]) == same and k[0] in datasets and k[1] in datasets
                 ]
-                entry[where] = _paired(
-                    correct[a], correct[b], keys, len(datasets) if same else len(datasets) ** 2 - len(datasets)
-                )
+                complete = len(datasets) if same else len(datasets) ** 2 - len(datasets)
+                entry[where] = _paired(correct[a], correct[b], keys, complete)
+                if same and entry[where]:
+                    entry["per_skill"] = _per_skill(correct[a], correct[b], keys, complete, skills)
             entry = {k: v for k, v in entry.items() if v}
             if entry:
                 out[f"{a} vs {b}"] = entry
     return out
 
 
+def _per_skill(a: dict, b: dict, keys: list, complete: int, skills: dict) -> dict[str, Any]:
+    """The in-distribution comparison restricted to each skill's test pairs (several skills only)."""
+    names = sorted({s for k in keys for s in skills.get(k[:2], []) if s})
+    if len(names) < 2:
+        return {}
+    out = {}
+    for skill in names:
+        keep = {k[:2]: [j for j, s in enumerate(skills.get(k[:2], [])) if s == skill] for k in keys}
+        sub_a = {k: [a[k][j] for j in keep[k[:2]]] for k in keys if keep[k[:2]]}
+        sub_b = {k: [b[k][j] for j in keep[k[:2]]] for k in keys if keep[k[:2]]}
+        result = _paired(sub_a, sub_b, list(sub_a), complete)
+        if result:
+            out[skill] = result
+    return out
+
+
 def _paired(a: dict, b: dict, keys: list[tuple[str, str, int]], complete: int) -> dict[str, Any] | None:
     """One comparison: per-seed averages over `keys` (a seed needs all `complete` of its cells),
-    and the per-pair sign test over those seeds' pairs."""
+    the paired bootstrap interval, and the per-pair sign test over those seeds' pairs."""
     seeds = sorted({k[2] for k in keys})
     kept = [s for s in seeds if sum(k[2] == s for k in keys) == complete]
     keys = [k for k in keys if k[2] in kept and len(a[k]) == len(b[k])]  # same test pairs on both sides
@@ -410,6 +468,7 @@ def _paired(a: dict, b: dict, keys: list[tuple[str, str, int]], complete: int) -
     worse = sum(x < y for k in keys for x, y in zip(a[k], b[k], strict=True))
     return {
         "difference": mean_std([x - y for x, y in avg.values()]),
+        "ci95": paired_interval(a, b, per_seed),
         "a": mean_std([x for x, _ in avg.values()]),
         "b": mean_std([y for _, y in avg.values()]),
         "seeds_won": sum(x > y for x, y in avg.values()),
@@ -420,6 +479,25 @@ def _paired(a: dict, b: dict, keys: list[tuple[str, str, int]], complete: int) -
         "pairs_b_better": worse,
         "sign_test_p": sign_test(better, worse),
     }
+
+
+def paired_interval(a: dict, b: dict, per_seed: dict[int, list], level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval of the mean over seeds of the average over sets of the
+    per-pair difference a - b. Each resample draws the seeds with replacement and, per set, the
+    test pairs with replacement (the same draw for every seed: the pairs are shared). With one
+    seed, only the pairs are resampled. Seeded: the same cells give the same interval."""
+    seeds = list(per_seed)
+    sets = sorted({k[:2] for ks in per_seed.values() for k in ks})
+    # per set: a (seeds x pairs) matrix of differences
+    diffs = {t: np.array([np.subtract(a[(*t, s)], b[(*t, s)]) for s in seeds], dtype=float) for t in sets}
+    rng = np.random.default_rng(0)
+    stats = np.empty(BOOTSTRAP)
+    for i in range(BOOTSTRAP):
+        rows = rng.integers(len(seeds), size=len(seeds)) if len(seeds) > 1 else np.zeros(1, dtype=int)
+        per_set = [d[rows][:, rng.integers(d.shape[1], size=d.shape[1])].mean() for d in diffs.values()]
+        stats[i] = np.mean(per_set)
+    tail = (1 - level) / 2 * 100
+    return [round(float(np.percentile(stats, tail)), 6), round(float(np.percentile(stats, 100 - tail)), 6)]
 
 
 def budgets(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:

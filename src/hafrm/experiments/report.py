@@ -20,6 +20,16 @@ from hafrm.fileio import write_text_atomic
 from hafrm.heads import HEAD_NAMES, SCORE_KEYS  # noqa: E402
 
 
+def _interval(ci: list[float]) -> str:
+    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+def _comparison_rows(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(where, comparison) rows of one "a vs b" entry: in and out of distribution, then per skill."""
+    rows = [(where, v) for where, v in entry.items() if where != "per_skill"]
+    return rows + [(f"in distribution, {skill}", v) for skill, v in entry.get("per_skill", {}).items()]
+
+
 def _stat(v: dict[str, Any] | float | None, digits: int = 3) -> str:
     if v is None:
         return "–"
@@ -266,12 +276,13 @@ def tables(results: dict[str, Any]) -> list[Table]:
     if results.get("comparisons"):
         rows = [
             [pair, where.replace("_", " "), _stat(v["a"]), _stat(v["b"]), _stat(v["difference"]),
-             f"{v['seeds_won']}/{v['seeds']}", f"{v['pairs_a_better']} / {v['pairs_b_better']}",
-             f"{v['sign_test_p']:.3g}"]
-            for pair, entry in results["comparisons"].items() for where, v in entry.items()
+             _interval(v["ci95"]), f"{v['seeds_won']}/{v['seeds']}",
+             f"{v['pairs_a_better']} / {v['pairs_b_better']}", f"{v['sign_test_p']:.3g}"]
+            for pair, entry in results["comparisons"].items()
+            for where, v in _comparison_rows(entry)
         ]  # fmt: skip
-        header = ["HaF vs", "where", "HaF", "other", "difference", "seeds won", "test pairs HaF / other scored better",
-                  "sign test p"]  # fmt: skip
+        header = ["HaF vs", "where", "HaF", "other", "difference", "paired 95 % interval", "seeds won",
+                  "test pairs HaF / other scored better", "sign test p"]  # fmt: skip
         out.append(("HaF against the other methods, paired by seed", header, rows))
     if results["mixed"]:
         rows = [
@@ -298,6 +309,14 @@ def tables(results: dict[str, Any]) -> list[Table]:
         rows = [[a, _stat(v.get("reward")), _stat(v.get("implicit"))] for a, v in sw["alphas"].items()]
         rows += [[s, _stat(v.get("reward")), _stat(v.get("implicit"))] for s, v in sw.get("schedules", {}).items()]
         out.append((f"alpha sweep ({sw['dataset']})", ["alpha", "reward head", "implicit"], rows))
+        rows = [
+            [pair, head, _stat(v["difference"]), _interval(v["ci95"]), f"{v['seeds_won']}/{v['seeds']}"]
+            for pair, heads in sw.get("against_main", {}).items()
+            for head, v in heads.items()
+        ]
+        if rows:
+            header = ["alpha vs the main cell's", "head", "difference", "paired 95 % interval", "seeds won"]
+            out.append(("", header, rows))
     out += _bon_tables(results.get("best_of_n") or {})
     budget = [[b["cell"], str(b["train_pairs"]), str(b["steps"]), f"{b['seconds']:.0f}"] for b in results["budgets"]]
     out.append(("Budget per cell", ["cell", "train pairs", "steps", "seconds"], budget))

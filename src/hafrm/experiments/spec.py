@@ -27,6 +27,7 @@ import yaml
 from hafrm.config import ALPHA_SCHEDULES, MODES, HafConfig, read_options
 from hafrm.errors import ConfigError
 from hafrm.evaluation.bon import BonSpec
+from hafrm.objectives.haf import AUTO_ALPHA
 
 # HafConfig fields a cell sets itself (the `cell` ones): every cell reads its split files and keeps its last step.
 CELL_FIELDS = HafConfig.fields_in(cell=True)
@@ -50,7 +51,7 @@ class DatasetSpec:
 @dataclass(kw_only=True)
 class AlphaSweep:
     dataset: str
-    alphas: list[float]
+    alphas: list[float | str]  # numbers, or "auto"
     seeds: list[int] | None = None  # default: the experiment's seeds
     schedules: list[str] = field(default_factory=list)  # alpha schedules tried against the constant one
 
@@ -120,11 +121,16 @@ def plan_cells(spec: ExperimentSpec) -> list[Cell]:
                 if base and alpha == base_alpha and seed in spec.seeds:
                     continue  # that cell is the main hybrid cell; the analysis reads it from there
                 overrides = {"mode": "hybrid", "alpha": alpha}
-                cells.append(_sweep_cell(f"hybrid@alpha={alpha:g}", sweep, seed, overrides, base))
+                cells.append(_sweep_cell(f"hybrid@alpha={alpha_name(alpha)}", sweep, seed, overrides, base))
             for schedule in sweep.schedules:
                 overrides = {"mode": "hybrid", "alpha_schedule": schedule}
                 cells.append(_sweep_cell(f"hybrid@schedule={schedule}", sweep, seed, overrides, base))
     return cells
+
+
+def alpha_name(alpha: float | str) -> str:
+    """How an alpha is written in cell ids and tables: 0.2, 1, auto."""
+    return alpha if isinstance(alpha, str) else f"{alpha:g}"
 
 
 def _sweep_cell(name: str, sweep: AlphaSweep, seed: int, overrides: dict[str, Any], base: str | None) -> Cell:
@@ -234,11 +240,12 @@ def _alpha_sweep(sweep: Any, datasets: dict[str, DatasetSpec], source: str) -> A
     unknown = sorted(set(sweep) - {"dataset", "alphas", "seeds", "schedules"})
     if unknown:
         raise _fail(source, f"alpha_sweep: unknown field(s) {unknown}; accepted: dataset, alphas, seeds, schedules")
-    if not isinstance(sweep["alphas"], list) or not all(isinstance(a, int | float) for a in sweep["alphas"]):
-        raise _fail(source, f"alpha_sweep.alphas must be a list of numbers, got {sweep['alphas']!r}")
+    alphas = sweep["alphas"]
+    if not isinstance(alphas, list) or not all(isinstance(a, int | float) or a == AUTO_ALPHA for a in alphas):
+        raise _fail(source, f"alpha_sweep.alphas must be a list of numbers or '{AUTO_ALPHA}', got {alphas!r}")
     parsed = AlphaSweep(
         dataset=str(sweep["dataset"]),
-        alphas=[float(a) for a in sweep["alphas"]],
+        alphas=[a if a == AUTO_ALPHA else float(a) for a in alphas],
         seeds=sweep.get("seeds"),
         schedules=list(sweep.get("schedules", [])),
     )

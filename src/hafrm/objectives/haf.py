@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # the objective reads a config's fields; config imports the l
 
 # How alpha moves over training: the share of it applied at each point.
 ALPHA_SCHEDULES = ("constant", "warmup", "decay")
+AUTO_ALPHA = "auto"  # `alpha: auto`: set from the two losses as training goes (`AutoAlpha`)
 
 
 def alpha_factor(schedule: str, progress: float | None) -> float:
@@ -35,6 +36,44 @@ def alpha_factor(schedule: str, progress: float | None) -> float:
         return 1.0
     progress = min(max(progress, 0.0), 1.0)
     return progress if schedule == "warmup" else 1.0 - progress
+
+
+class AutoAlpha:
+    """alpha = running mean of the BT loss / running mean of the policy loss.
+
+    Uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018) learns a weight per loss,
+    `exp(-s_i) * L_i + s_i`, whose optimum in s_i is `log L_i`: each loss weighted by 1 / itself.
+    Relative to the BT loss's weight that is alpha = L_bt / L_policy. hafrm uses that optimum in
+    closed form, with exponential running means of the (detached) batch losses for L_i, instead of
+    two more parameters to learn at a learning rate of their own; the BT loss keeps weight 1, so
+    the reward head's step size is the Baseline's (AdamW hardly sees a common scale of the loss).
+    Both losses start at log 2 (zero reward head, policy = reference), so alpha starts at 1.
+    """
+
+    def __init__(self, decay: float = 0.9):
+        self.decay = decay
+        self.bt: float | None = None  # running means; None before the first training step
+        self.policy: float | None = None
+
+    @property
+    def alpha(self) -> float:
+        if self.bt is None or self.policy is None:
+            return 1.0
+        return self.bt / max(self.policy, 1e-8)
+
+    def update(self, bt: float, policy: float) -> None:
+        """Take in one training batch's mean losses."""
+        if self.bt is None or self.policy is None:
+            self.bt, self.policy = bt, policy
+        else:
+            self.bt = self.decay * self.bt + (1 - self.decay) * bt
+            self.policy = self.decay * self.policy + (1 - self.decay) * policy
+
+    def state_dict(self) -> dict[str, float | None]:
+        return {"decay": self.decay, "bt": self.bt, "policy": self.policy}
+
+    def load_state_dict(self, state: dict[str, float | None]) -> None:
+        self.decay, self.bt, self.policy = float(state["decay"]), state["bt"], state["policy"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,6 +115,7 @@ class HybridObjective:
     def __init__(self, cfg: HafConfig):
         self.cfg = cfg
         self.policy_loss = build_policy_loss(cfg.loss, cfg)
+        self.auto_alpha = AutoAlpha() if cfg.auto_alpha and cfg.mode_spec.uses_alpha else None
 
     def policy_ready(self, batch: dict[str, Tensor]) -> bool:
         """Whether this batch can produce the policy loss (reference log-probs present if needed)."""
@@ -114,6 +154,10 @@ class HybridObjective:
             lp = _policy_logps(out, batch, B)
             pol = self.policy_loss(lp)
             weight = policy_weight(cfg, progress)
+            if self.auto_alpha is not None:
+                if progress is not None:  # a training step: its losses move the running means
+                    self.auto_alpha.update(bt.detach().mean().item(), pol.losses.detach().mean().item())
+                weight *= self.auto_alpha.alpha
             if cfg.mode_spec.uses_alpha:
                 alpha = weight
             if weight > 0:

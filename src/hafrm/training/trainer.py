@@ -7,6 +7,7 @@ save/load a `HybridRewardModel`.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import defaultdict
 from typing import Any
@@ -21,6 +22,7 @@ from hafrm.modeling.hybrid import HybridRewardModel
 from hafrm.objectives.haf import HybridObjective, step_metrics
 
 TRAINING_ARGS_NAME = "training_args.bin"
+OBJECTIVE_STATE_NAME = "objective_state.json"  # in a checkpoint: the running means of `alpha: auto`
 
 
 class HafTrainer(Trainer):
@@ -111,6 +113,20 @@ class HafTrainer(Trainer):
             step = self.state.global_step
         self.selected_step = step
         return self.eval_history[step]
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        auto = self.objective.auto_alpha
+        if auto is not None and self.args.should_save:
+            with open(os.path.join(output_dir, OBJECTIVE_STATE_NAME), "w") as f:
+                json.dump({"auto_alpha": auto.state_dict()}, f)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        path = os.path.join(checkpoint, OBJECTIVE_STATE_NAME) if checkpoint else None
+        if self.objective.auto_alpha is not None and path and os.path.isfile(path):
+            with open(path) as f:
+                self.objective.auto_alpha.load_state_dict(json.load(f)["auto_alpha"])
 
     def _load_best_model(self) -> None:
         self.accelerator.unwrap_model(self.model).load_weights(self.state.best_model_checkpoint)
