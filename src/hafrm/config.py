@@ -216,6 +216,11 @@ class HafConfig:
     eval_steps: int | None = _f(None, "Evaluate every N steps (default: twice per run).", group="output", cell=True)
     save_steps: int | None = _f(None, "Checkpoint every N steps (default: eval_steps).", group="output", cell=True)
     save_total_limit: int = _f(2, "Checkpoints kept on disk (the best is always kept).", group="output")
+    save_only_model: bool = _f(
+        False,
+        "Checkpoints hold the model only (no optimizer, scheduler or RNG states): smaller, but not resumable.",
+        group="output",
+    )
     select_by: str = _f(
         "accuracy", f"Keep the checkpoint best by: {', '.join(SELECTION_METRICS)}.", group="output", cell=True
     )

@@ -11,3 +11,7 @@ class ConfigError(HafError):
 
 class DataError(HafError):
     """Unreadable or invalid data: the message names the file, line and field."""
+
+
+class DivergedError(HafError):
+    """Training produced a NaN or infinite loss or gradient: the message names the step and the pairs."""

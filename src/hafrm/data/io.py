@@ -214,7 +214,7 @@ def load_source(spec: str, options: DataOptions | None = None) -> tuple[list[Pre
             report.skipped[e.kind] += 1
             report.first_error.setdefault(e.kind, str(e))
             continue
-        pairs.append(dataclasses.replace(pair, source=pair.source or report.source))
+        pairs.append(dataclasses.replace(pair, source=pair.source or report.source, origin=where))
     report.notes.update(notes.counts)
     if opts.max_pairs is not None and len(pairs) > opts.max_pairs:
         report.capped = len(pairs) - opts.max_pairs

@@ -29,6 +29,7 @@ class TokenizedPair:
     index: int  # position in the input list
     subset: str = ""  # a finer label within a source (RewardBench subset, Auto-J scenario)
     group: str = ""  # hash of the split group (or prompt): pairs that must stay on one side together
+    origin: str = ""  # where the pair was read ("file:line"), for error messages; "" for the built-in task
 
 
 @dataclass(kw_only=True)
@@ -153,6 +154,7 @@ class PairTokenizer:
                     index=i,
                     subset=subset,
                     group=group,
+                    origin=pair.origin,
                 )  # fmt: skip
             )
         return result

@@ -23,6 +23,9 @@ class PreferencePair:
     margin: float | None = None
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    # where it was read: "file:line" (or "file:#index" for a JSON list or table); not compared,
+    # and not written by `hafrm data convert`
+    origin: str = field(default="", compare=False, repr=False)
 
     def prompt_text(self) -> str:
         """The prompt as one string, for hashing and display."""

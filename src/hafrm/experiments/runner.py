@@ -51,7 +51,7 @@ CELL_VERSION = "2"
 # HafConfig fields left out of a cell's fingerprint: the paths under the output folder (their
 # bytes are hashed instead), and speed only (the cached path equals the full forward, checked each run).
 UNHASHED_PATHS = ("output_dir", "data", "eval_data")
-SPEED_ONLY = ("prefix_cache_mib",)
+SPEED_ONLY = ("prefix_cache_mib", "save_only_model")  # (and what a cell's checkpoints hold: it keeps none)
 
 
 # data -----------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from typing import Any, NamedTuple
 
 import torch
 from transformers import TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from hafrm.config import SELECTION_METRICS, HafConfig
 from hafrm.data.io import LoadReport, split_by_prompt, summary_line
@@ -32,6 +31,7 @@ from hafrm.fileio import write_json_atomic
 from hafrm.modeling.backbone import cache_root, load_backbone
 from hafrm.modeling.hybrid import HybridRewardModel, position_ids_from_mask
 from hafrm.modeling.prefix import PrefixCache, check_cached_forward, fill, fill_units
+from hafrm.training.checkpoints import frozen_weights_match, last_checkpoint
 from hafrm.training.precision import resolve_precision
 from hafrm.training.reference import model_fingerprint, reference_logps
 from hafrm.training.trainer import HafTrainer
@@ -66,6 +66,7 @@ def train(cfg: HafConfig, extra_eval: dict[str, list[PreferencePair]] | None = N
     """
     start = time.time()
     laps = Laps()
+    resume_checkpoint(cfg)  # a checkpoint that cannot be resumed stops the run before the caches
     set_seed(cfg.seed)
     setup = setup_model(cfg)
     data = setup_data(cfg, setup, extra_eval or {})
@@ -78,6 +79,14 @@ def train(cfg: HafConfig, extra_eval: dict[str, list[PreferencePair]] | None = N
     fitted = fit(cfg, setup, data, refs, precision)
     laps.lap("fit")
     return finalise(cfg, setup, data, refs, fitted, precision, start=start, save=save, laps=laps)
+
+
+def resume_checkpoint(cfg: HafConfig) -> str | None:
+    """The checkpoint a `--resume` run continues from (the newest complete one), or None."""
+    resume = last_checkpoint(cfg.output_dir) if cfg.resume else None
+    if resume and not (Path(resume) / "optimizer.pt").is_file():
+        raise ConfigError(f"resume: {resume} holds the model only (saved with --save-only-model): it cannot be resumed")
+    return resume
 
 
 class Laps:
@@ -203,8 +212,9 @@ def prefix_blocker(cfg: HafConfig, model: HybridRewardModel) -> str | None:
     """Why the frozen-prefix cache cannot be used for this run, or None."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or torch.cuda.device_count() > 1:
         return "it runs in a single process on one device"
-    if cfg.resume:
-        return "a resumed run's frozen layers come from its checkpoint, loaded later"
+    checkpoint = last_checkpoint(cfg.output_dir) if cfg.resume else None
+    if checkpoint and not frozen_weights_match(model, checkpoint):  # its states must be the checkpoint's
+        return f"the frozen layers of {checkpoint} differ from the model's (trained with other --freeze-layers?)"
     text_config = model.config.get_text_config()
     dropout = {k: v for k, v in text_config.to_dict().items() if ("dropout" in k or "pdrop" in k) and v}
     if dropout:
@@ -354,7 +364,7 @@ def _training_args(cfg: HafConfig, n_train: int) -> TrainingArguments:
         report_to="none",
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        save_only_model=False,
+        save_only_model=cfg.save_only_model,
     )
 
 
@@ -384,8 +394,9 @@ def fit(cfg: HafConfig, setup: ModelSetup, data: TrainData, refs: References, pr
         pad_token_id=setup.pad_id,
         model_card=card,
         bf16_steps=precision == "bf16",
+        train_pairs=data.train_tok.pairs,
     )
-    resume = get_last_checkpoint(cfg.output_dir) if cfg.resume and Path(cfg.output_dir).is_dir() else None
+    resume = resume_checkpoint(cfg)
     trainer.train(resume_from_checkpoint=resume)
     return Fit(trainer=trainer, result=trainer.final_eval(), card=card)
 

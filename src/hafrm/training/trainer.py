@@ -8,21 +8,38 @@ save/load a `HybridRewardModel`.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
+import shutil
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from hafrm.config import HafConfig
 from hafrm.data.tokenize import TokenizedPair
+from hafrm.errors import DivergedError
 from hafrm.evaluation.evaluate import EvalResult, evaluate_pairs
 from hafrm.modeling.hybrid import HybridRewardModel
 from hafrm.objectives.haf import HybridObjective, step_metrics
+from hafrm.training.checkpoints import (
+    STAGING_PREFIX,
+    TRAINER_STATE_NAME,
+    ResumableLengthGroupedSampler,
+    checkpoint_sizes,
+    last_checkpoint,
+)
 
+log = logging.getLogger(__name__)
 TRAINING_ARGS_NAME = "training_args.bin"
 OBJECTIVE_STATE_NAME = "objective_state.json"  # in a checkpoint: the running means of `alpha: auto`
+SAMPLER_STATE_NAME = "sampler_state.pt"  # in a checkpoint: the RNG state the epoch's batch order was drawn from
 
 
 class HafTrainer(Trainer):
@@ -35,6 +52,7 @@ class HafTrainer(Trainer):
         pad_token_id: int,
         model_card: dict[str, Any],
         bf16_steps: bool = False,
+        train_pairs: list[TokenizedPair] | None = None,  # the training set, to name a diverged batch's pairs
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
@@ -45,7 +63,9 @@ class HafTrainer(Trainer):
         self.pad_token_id = pad_token_id
         self.model_card = model_card
         self.bf16_steps = bf16_steps
+        self.train_pairs = train_pairs
         self._train_metrics: dict[str, list[float]] = defaultdict(list)
+        self._step_pairs: list[int] = []  # the training pairs of the micro-batches since the last optimizer step
         self.eval_history: dict[int, EvalResult] = {}  # step -> eval of that step's weights
         self.selected_step: int | None = None  # the step whose weights the run ends with
 
@@ -71,9 +91,34 @@ class HafTrainer(Trainer):
         # Trainer's own `bf16=True` would wrap the model's forward in autocast for good.)
         with torch.autocast(self.args.device.type, torch.bfloat16, enabled=self.bf16_steps and model.training):
             parts = self.objective(model, inputs, progress=progress)  # the forward, then the loss parts
+        if model.training:
+            self._step_pairs += inputs["index"].tolist()
+            if not torch.isfinite(parts.loss.detach()):
+                raise self._diverged(f"the loss is {parts.loss.item()}", inputs["index"].tolist())
         for k, v in step_metrics(parts).items():
             self._train_metrics[k].append(v)
         return (parts.loss, parts) if return_outputs else parts.loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """The Trainer's gradient norm, checked before the optimizer step: a NaN or inf stops the run
+        there, so the weights and the checkpoints on disk stay as they were."""
+        norm = super()._get_grad_norm(model, grad_norm)
+        pairs, self._step_pairs = self._step_pairs, []
+        if not math.isfinite(float(norm)):
+            raise self._diverged(f"the gradient norm is {float(norm)}", pairs)
+        return norm
+
+    def _diverged(self, what: str, indices: list[int]) -> DivergedError:
+        """The one-line error of a diverged step: the step, what was not finite, and the batch's pairs."""
+        pairs = [self.train_pairs[i] for i in indices] if self.train_pairs else []
+        where = [p.origin or f"{p.source or 'data'} pair #{p.index}" for p in pairs[:8]]
+        more = f" and {len(pairs) - 8} more" if len(pairs) > 8 else ""
+        last = last_checkpoint(self.args.output_dir)
+        kept = f"; the last checkpoint, {last}, is untouched" if last else "; no checkpoint was written yet"
+        return DivergedError(
+            f"training diverged at step {self.state.global_step + 1}: {what} on the batch of pairs "
+            f"{', '.join(where)}{more}{kept} (try a lower --learning-rate or --max-grad-norm)"
+        )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Training logs carry the mean of the step metrics since the last log (TRL's habit).
@@ -114,8 +159,55 @@ class HafTrainer(Trainer):
         self.selected_step = step
         return self.eval_history[step]
 
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, written whole or not at all: everything goes into
+        `.tmp-checkpoint-N` (trainer_state.json last), which is renamed to `checkpoint-N` when
+        complete, so a process killed mid-save leaves the previous checkpoints as they were (and a
+        staging folder the next save removes). The steps are the Trainer's own, in its order."""
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        final, staging = os.path.join(run_dir, name), os.path.join(run_dir, STAGING_PREFIX + name)
+        if self.args.should_save:
+            for stale in Path(run_dir).glob(f"{STAGING_PREFIX}{PREFIX_CHECKPOINT_DIR}-*"):
+                shutil.rmtree(stale, ignore_errors=True)  # left by a save that was killed
+        self.accelerator.wait_for_everyone()
+        if self.hp_search_backend is None and trial is None:
+            self.store_flos()
+        self.save_model(staging, _internal_call=True)
+        if not self.args.save_only_model:
+            self._save_optimizer_and_scheduler(staging)
+            self._save_scaler(staging)
+            self._save_rng_state(staging)
+        if self.state.best_global_step:
+            best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
+            if self.state.best_global_step == self.state.global_step or os.path.isdir(best):
+                self.state.best_model_checkpoint = best  # its final name, this one's included
+        self.accelerator.wait_for_everyone()  # every rank's files (RNG states) are in the staging folder
+        if self.args.should_save:
+            for cb in [c for c in [*self.callback_handler.callbacks, self.control] if isinstance(c, ExportableState)]:
+                states = self.state.stateful_callbacks
+                name_ = cb.__class__.__name__
+                states[name_] = [*states[name_], cb.state()] if isinstance(states.get(name_), list) else cb.state()
+            self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
+            if os.path.isdir(final):  # the same step saved before (a run resumed from an older one)
+                shutil.rmtree(final)
+            os.replace(staging, final)
+            log.info("%s written: %s", final, checkpoint_sizes(final))
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is LengthGroupedSampler:
+            sampler = ResumableLengthGroupedSampler(sampler.batch_size, lengths=sampler.lengths)
+            self._sampler = sampler
+        return sampler
+
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
+        sampler = getattr(self, "_sampler", None)
+        if sampler is not None and sampler.drawn is not None and self.args.should_save:
+            torch.save(sampler.drawn, os.path.join(output_dir, SAMPLER_STATE_NAME))
         auto = self.objective.auto_alpha
         if auto is not None and self.args.should_save:
             with open(os.path.join(output_dir, OBJECTIVE_STATE_NAME), "w") as f:
@@ -123,6 +215,10 @@ class HafTrainer(Trainer):
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
+        sampler = getattr(self, "_sampler", None)  # made with the dataloader, before this is called
+        drawn = os.path.join(checkpoint, SAMPLER_STATE_NAME) if checkpoint else None
+        if sampler is not None and drawn and os.path.isfile(drawn):
+            sampler.redraw = torch.load(drawn, weights_only=True)
         path = os.path.join(checkpoint, OBJECTIVE_STATE_NAME) if checkpoint else None
         if self.objective.auto_alpha is not None and path and os.path.isfile(path):
             with open(path) as f:
