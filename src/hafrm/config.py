@@ -58,6 +58,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # The concerns HafConfig's fields are grouped by (`hafrm train --help` shows one panel each).
 GROUPS: dict[str, str] = {
     "model": "Model and method",
+    "lora": "LoRA / QLoRA adapters",
     "loss": "Loss",
     "data": "Data",
     "optimisation": "Optimisation",
@@ -89,6 +90,21 @@ class HafConfig:
         "(-10: train the top 10 layers, whatever the depth); 0 = train everything.",
         group="model",
     )
+    # LoRA -----------------------------------------------------------------------------------
+    lora_r: int = _f(
+        0,
+        "LoRA rank: adapters (peft) on the layers --freeze-layers leaves trainable, the backbone's own weights "
+        "frozen; 0 = no adapters.",
+        group="lora",
+    )
+    lora_alpha: float = _f(16.0, "LoRA scaling numerator (the update is scaled by alpha / r).", group="lora")
+    lora_dropout: float = _f(0.0, "Dropout on the adapters' input.", group="lora")
+    lora_target_modules: list[str] = _f(
+        ["all-linear"], "Module names the adapters go on (peft's target_modules); 'all-linear' = every linear "
+        "layer but the LM head.", group="lora",
+    )  # fmt: skip
+    load_in_4bit: bool = _f(False, "QLoRA: the frozen backbone in 4-bit NF4 (bitsandbytes, CUDA only).", group="lora")
+    load_in_8bit: bool = _f(False, "The frozen backbone in 8-bit (bitsandbytes, CUDA only).", group="lora")
     # loss -----------------------------------------------------------------------------------
     loss: str = _f("sigmoid", f"Policy loss: {', '.join(POLICY_LOSSES)}.", group="loss")
     alpha: float | str = _f(
@@ -279,6 +295,12 @@ class HafConfig:
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "pack_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lora_r < 0:
+            raise ConfigError(f"lora_r must be >= 0, got {self.lora_r}")
+        if (self.load_in_4bit or self.load_in_8bit) and self.lora_r == 0:
+            raise ConfigError("load_in_4bit / load_in_8bit quantise the frozen backbone: they need adapters (--lora-r)")
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ConfigError("load_in_4bit and load_in_8bit: choose one")
         if self.prefix_cache_mib < 0:
             raise ConfigError(f"prefix_cache_mib must be >= 0, got {self.prefix_cache_mib}")
         if not 0 < self.eval_fraction < 1:

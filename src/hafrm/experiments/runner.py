@@ -157,6 +157,9 @@ def cell_setup(spec: ExperimentSpec, cell: Cell, out: Path) -> CellSetup:
         config.pop(key)
     if not cfg.shares_prefixes:  # cells finished before the option existed did not share prompts
         config.pop("prefix_sharing")
+    if not cfg.lora_r:  # cells finished before LoRA existed had none
+        for key in HafConfig.fields_in("lora"):
+            config.pop(key)
     if config["group_by_length"]:  # cells finished before the option existed were length-grouped
         config.pop("group_by_length")
     for key in NOT_SHARED:  # read options of the split files, whose bytes are hashed

@@ -21,6 +21,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_utils import load_state_dict
 
 from hafrm.fileio import write_text_atomic
+from hafrm.modeling import lora
 from hafrm.modeling.attention import backbone_mask
 from hafrm.modeling.prefix import PrefixCache, cached_forward, cached_forward_shared
 
@@ -150,6 +151,16 @@ class HybridRewardModel(nn.Module):
         self.keep_logits_bytes = keep_logits_bytes
         # the frozen layers' output per sequence (hafrm.modeling.prefix); set by attach_prefix_cache
         self.prefix_cache: PrefixCache | None = None
+        self.lora_config = None  # peft's LoraConfig once `add_adapters` has put adapters on the backbone
+
+    def add_adapters(self, first_layer: int, r: int, alpha: float, dropout: float, targets, base_model: str) -> int:
+        """LoRA adapters (hafrm.modeling.lora) on decoder layers `first_layer` and up, every backbone
+        weight frozen; the reward head trains in full. Returns the number of adapted modules."""
+        layers_path = next(n for n, m in self.backbone.named_modules() if m is self.decoder().layers)
+        self.lora_config = lora.add_adapters(
+            self.backbone, layers_path, first_layer, r, alpha, dropout, targets, base_model
+        )
+        return len(lora.lora_layers(self.backbone))
 
     @property
     def config(self):
@@ -307,15 +318,24 @@ class HybridRewardModel(nn.Module):
         `model_card` (what `hafrm.load` needs: mode, head, loss, ...) as hafrm_config.json."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.backbone.save_pretrained(directory)
+        if self.lora_config is None:
+            self.backbone.save_pretrained(directory)
+        else:  # the adapters merged in (a plain model folder), and the adapters on their own
+            self.backbone.save_pretrained(directory, state_dict=lora.merged_state_dict(self.backbone))
+            lora.save_adapters(self.backbone, self.lora_config, directory)
         head = {k: v.detach().contiguous().cpu() for k, v in self.reward_head.state_dict().items()}
         save_file(head, str(directory / REWARD_HEAD_FILE))
         if model_card is not None:
             write_text_atomic(directory / HAFRM_CONFIG_FILE, json.dumps(model_card, indent=2) + "\n")
 
     def load_weights(self, directory: str | Path) -> None:
-        """Load backbone and reward-head weights saved by `save_pretrained`, in place."""
+        """Load backbone and reward-head weights saved by `save_pretrained`, in place (into a model
+        with adapters: the adapters, exactly as saved, and the base weights left as they are)."""
         directory = Path(directory)
+        if self.lora_config is not None:
+            lora.load_adapters(self.backbone, directory)
+            self._load_head(directory)
+            return
         files = sorted(directory.glob("model*.safetensors"))
         state: dict[str, Tensor] = {}
         for f in files:
@@ -328,6 +348,9 @@ class HybridRewardModel(nn.Module):
                 f"{directory}: weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})"
             )
         self.backbone.tie_weights()
+        self._load_head(directory)
+
+    def _load_head(self, directory: Path) -> None:
         head = load_file(str(directory / REWARD_HEAD_FILE))
         if ("bias" in head) != (self.reward_head.bias is not None):  # a folder from before the bias-free head
             biased = nn.Linear(self.reward_head.in_features, 1, bias="bias" in head, dtype=torch.float32)

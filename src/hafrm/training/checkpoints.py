@@ -87,7 +87,8 @@ def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
 def frozen_weights_match(model: HybridRewardModel, checkpoint: str | os.PathLike) -> bool:
     """Whether a checkpoint holds the same frozen (requires_grad False) backbone weights as `model`,
     bit for bit: the frozen-prefix states computed from `model` then hold for the checkpoint too."""
-    frozen = {name: p for name, p in model.backbone.named_parameters() if not p.requires_grad}
+    # (a LoRA-wrapped layer's own weight is frozen from the start and saved merged: left out)
+    frozen = {n: p for n, p in model.backbone.named_parameters() if not p.requires_grad and ".base_layer." not in n}
     seen = set()
     for f in sorted(Path(checkpoint).glob("model*.safetensors")):
         with safe_open(str(f), framework="pt") as weights:

@@ -5,6 +5,7 @@ the fit, then the saved model and metrics: one stage function each, called in th
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import math
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from transformers import TrainingArguments, set_seed
+from transformers import BitsAndBytesConfig, TrainingArguments, set_seed
 
 from hafrm.config import SELECTION_METRICS, HafConfig
 from hafrm.data.io import LoadReport, split_by_prompt, summary_line
@@ -117,15 +118,39 @@ class ModelSetup:
 
 def setup_model(cfg: HafConfig) -> ModelSetup:
     """The backbone with a zero-initialised reward head, its bottom `cfg.freeze_layers` frozen."""
-    backbone = load_backbone(cfg.model, cfg.cache_dir)
+    backbone = load_backbone(cfg.model, cfg.cache_dir, **quantization(cfg))
     model = HybridRewardModel(
         backbone.model, logprob_chunk_size=cfg.logprob_chunk_size, keep_logits_bytes=cfg.logprob_keep_mib * 2**20
     )
     try:
         frozen = model.freeze_bottom(cfg.freeze_layers)
+        if cfg.lora_r > 0:  # adapters on the layers left trainable; the frozen ones stay plain (cacheable)
+            n = model.add_adapters(frozen, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules,
+                                   backbone.path)  # fmt: skip
+            trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            log.info("LoRA r=%d on %d modules of layers %d and up: %d trainable parameters", cfg.lora_r, n, frozen,
+                     trained)  # fmt: skip
     except ValueError as e:
-        raise ConfigError(f"freeze_layers: {e}") from None
+        raise ConfigError(f"{'lora' if cfg.lora_r > 0 and 'freeze' not in str(e) else 'freeze_layers'}: {e}") from None
     return ModelSetup(model=model, tokenizer=backbone.tokenizer, path=backbone.path, frozen=frozen)
+
+
+def quantization(cfg: HafConfig) -> dict[str, Any]:
+    """`from_pretrained` arguments that load the frozen backbone in 4 or 8 bits (QLoRA), or none.
+    bitsandbytes quantises on CUDA only: elsewhere this is a clear error, not a slow fallback."""
+    if not (cfg.load_in_4bit or cfg.load_in_8bit):
+        return {}
+    flag = "load_in_4bit" if cfg.load_in_4bit else "load_in_8bit"
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{flag}: bitsandbytes quantisation needs a CUDA device, and this machine has none")
+    if importlib.util.find_spec("bitsandbytes") is None:  # an optional dependency: only QLoRA needs it
+        raise ConfigError(f"{flag}: needs the bitsandbytes package (pip install bitsandbytes)")
+    if cfg.load_in_4bit:
+        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+                                 bnb_4bit_use_double_quant=True)  # fmt: skip
+    else:
+        bnb = BitsAndBytesConfig(load_in_8bit=True)
+    return {"quantization_config": bnb, "device_map": {"": torch.cuda.current_device()}}
 
 
 # --------------------------------------------------------------------------------------- the data
