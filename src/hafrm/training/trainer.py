@@ -66,6 +66,7 @@ class HafTrainer(Trainer):
         self.train_pairs = train_pairs
         self._train_metrics: dict[str, list[float]] = defaultdict(list)
         self._step_pairs: list[int] = []  # the training pairs of the micro-batches since the last optimizer step
+        self._sampler: ResumableLengthGroupedSampler | None = None  # set with the training dataloader
         self.eval_history: dict[int, EvalResult] = {}  # step -> eval of that step's weights
         self.selected_step: int | None = None  # the step whose weights the run ends with
 
@@ -205,7 +206,7 @@ class HafTrainer(Trainer):
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
-        sampler = getattr(self, "_sampler", None)
+        sampler = self._sampler
         if sampler is not None and sampler.drawn is not None and self.args.should_save:
             torch.save(sampler.drawn, os.path.join(output_dir, SAMPLER_STATE_NAME))
         auto = self.objective.auto_alpha
@@ -215,7 +216,7 @@ class HafTrainer(Trainer):
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
-        sampler = getattr(self, "_sampler", None)  # made with the dataloader, before this is called
+        sampler = self._sampler  # made with the dataloader, before this is called
         drawn = os.path.join(checkpoint, SAMPLER_STATE_NAME) if checkpoint else None
         if sampler is not None and drawn and os.path.isfile(drawn):
             sampler.redraw = torch.load(drawn, weights_only=True)
