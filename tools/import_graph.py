@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src"
 # Imported inside functions on purpose: slow to import, or needed by one command only. A local
 # import of anything else needs a reason on its line: `# lazy: <why>`.
 LAYERS = [
-    ("hafrm.version", "hafrm.errors", "hafrm.fileio", "hafrm.heads"),
+    ("hafrm.version", "hafrm.errors", "hafrm.fileio", "hafrm.heads", "hafrm.distributed"),
     ("hafrm.data",),
     ("hafrm.modeling",),
     ("hafrm.objectives",),

@@ -83,6 +83,9 @@ class HafConfig:
 
     # model and method ---------------------------------------------------------------------
     model: str = _f(DEFAULT_MODEL, "Local folder or Hub id of a causal LM; 'smollm2' = embedded.", group="model")
+    trust_remote_code: bool = _f(
+        False, "Run the model's own Python code from its folder or the Hub (only for models you trust).", group="model"
+    )
     mode: str = _f("hybrid", f"Training mode: {', '.join(MODES)}.", group="model")
     freeze_layers: int = _f(
         -10,

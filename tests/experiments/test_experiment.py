@@ -14,6 +14,7 @@ from hafrm.experiments import parse_experiment, plan_cells
 from hafrm.experiments.analysis import (
     accuracy_grid,
     alpha_sweep,
+    analyse,
     best_of_n,
     calibration,
     checkpoint_selection,
@@ -23,6 +24,7 @@ from hafrm.experiments.analysis import (
     paired_interval,
     sign_test,
 )
+from hafrm.experiments.runner import prepare_data
 
 runner = CliRunner()
 
@@ -176,6 +178,35 @@ def test_comparisons_pair_seeds_and_test_pairs():
     out = comparisons(cells, spec)["hybrid vs reward"]
     assert out["in_distribution"]["seeds"] == 2 and out["in_distribution"]["seeds_incomplete"] == [2]
     assert out["out_of_distribution"]["pairs"] == 4 and out["out_of_distribution"]["seeds_incomplete"] == [2]
+
+
+def test_a_test_only_dataset_is_never_trained_on_and_held_out_whole(tmp_path):
+    """`test_only: true`: no cell trains on the set, every pair of it is a test pair of every cell,
+    and the comparisons count it out of distribution only."""
+    spec = _spec(datasets={"a": {"data": "builtin:arithmetic"}, "b": {"data": "builtin:facts"},
+                           "c": {"data": "builtin:format", "test_only": True}}, mixed=True)  # fmt: skip
+    assert spec.train_sets == ["a", "b"]
+    cells = plan_cells(spec)
+    assert {c.train for c in cells} == {"a", "b", "mixed"} and len(cells) == 3 * 3 * 2
+    small = _spec(datasets={"a": {"data": "builtin:arithmetic"}, "c": {"data": "builtin:format", "test_only": True}})
+    summary = prepare_data(small, tmp_path)
+    assert summary["c"]["train_pairs"] == 0 and summary["c"]["test_pairs"] == summary["c"]["pairs_read"] > 0
+    assert summary["a"]["train_pairs"] > 0 and summary["a"]["test_pairs"] < summary["a"]["pairs_read"]
+    right, wrong = _s([1], [0]), _s([0], [1])
+    cells = [
+        _cell("hybrid", "hybrid", "a", 0, {"a": right, "b": right, "c": right}),
+        _cell("hybrid", "hybrid", "b", 0, {"a": right, "b": right, "c": right}),
+        _cell("reward", "reward", "a", 0, {"a": wrong, "b": right, "c": wrong}),
+        _cell("reward", "reward", "b", 0, {"a": wrong, "b": right, "c": wrong}),
+    ]
+    out = comparisons(cells, spec)["hybrid vs reward"]
+    assert out["in_distribution"]["difference"]["values"] == [0.5]  # a and b only
+    assert out["out_of_distribution"]["pairs"] == 4  # a->b, a->c, b->a, b->c
+    assert out["out_of_distribution"]["difference"]["values"] == [0.75]
+    assert list(analyse(cells, spec)["in_distribution"]["hybrid"]["datasets"]) == ["a", "b"]
+    with pytest.raises(ConfigError, match="not among the datasets trained on"):
+        _spec(datasets={"a": {"data": "builtin:arithmetic"}, "c": {"data": "builtin:format", "test_only": True}},
+              alpha_sweep={"dataset": "c", "alphas": ["auto"]})  # fmt: skip
 
 
 def test_paired_interval_resamples_pairs_and_seeds():

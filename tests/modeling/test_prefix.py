@@ -207,14 +207,21 @@ def test_top_layers_keep_their_own_attention_type(tokenizer):
     assert config.layer_types[2:] == ["sliding_attention"] * 2 and len(config.layer_types) == 4  # restored
 
 
-def test_cache_is_refused_for_dropout_and_several_processes(tokenizer, monkeypatch):
+def test_cache_is_refused_for_dropout_and_sharded_weights(tokenizer, monkeypatch):
     from hafrm.training.recipe import prefix_blocker
 
     model = _model("llama", tokenizer)
     assert prefix_blocker(HafConfig(), model) is None
-    # a resume keeps it when the checkpoint's frozen layers match (tests/training/test_checkpoints.py)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert "single process" in prefix_blocker(HafConfig(), model)
-    monkeypatch.delenv("WORLD_SIZE")
+    # a resume keeps it when the checkpoint's frozen layers match (tests/training/test_checkpoints.py);
+    # DDP ranks keep it each (tests/training/test_distributed.py); ZeRO-3 and FSDP shard the frozen layers
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert "FSDP shards" in prefix_blocker(HafConfig(), model)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    assert prefix_blocker(HafConfig(), model) is None  # ZeRO-2 keeps whole weights on every rank
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    assert "ZeRO-3 shards" in prefix_blocker(HafConfig(), model)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
     model.config.attention_dropout = 0.1
     assert "dropout ({'attention_dropout': 0.1})" in prefix_blocker(HafConfig(), model)

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hafrm import distributed
 from hafrm.apps.bench import CONTENDERS, BenchSpec, run_bench
 from hafrm.apps.commands import evaluate_model_dir, plot_scores, score_file
 from hafrm.apps.config_options import (
@@ -58,6 +59,8 @@ def _train(config: Path | None = None, **fields: Any) -> None:
         result = recipe.train(cfg)
     except HafError as e:
         fail(str(e))
+    if not distributed.is_main():  # several processes: rank 0 reports
+        return
     print_eval_table(result.eval_result.metrics, title=f"held-out accuracy ({cfg.mode}, {result.eval_pairs} pairs)")
     m = result.metrics
     console.print(

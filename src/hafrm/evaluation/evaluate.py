@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from transformers.utils.logging import tqdm  # the bars of the Trainer: shown in logs too
 
+from hafrm import distributed
 from hafrm.config import HafConfig
 from hafrm.data.tokenize import PairCollator, TokenizedPair
 from hafrm.heads import HEADS
@@ -40,19 +41,31 @@ def evaluate_pairs(
     features: list[dict[str, Any]],
     pad_token_id: int,
 ) -> EvalResult:
-    """Score every pair with both heads (the implicit one when reference log-probs exist)."""
+    """Score every pair with both heads (the implicit one when reference log-probs exist).
+
+    With several processes each rank scores its share of the pairs (`hafrm.distributed.shard`)
+    and every rank ends with all the scores; the loss metrics are means over pairs (each batch
+    weighted by its pairs), gathered from every rank. The ranks run the same number of forwards
+    (a rank with fewer batches repeats its last one, ignored), as a sharded engine needs."""
     objective = HybridObjective(cfg)
     n = len(features)
-    lengths = [len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in features]
+    mine = distributed.shard(n) if n >= distributed.world_size() else list(range(n))
+    lengths = [len(features[i]["chosen_ids"]) + len(features[i]["rejected_ids"]) for i in mine]
+    batches = [[mine[j] for j in b] for b in length_batches(lengths, cfg.per_device_eval_batch_size)]
     collate = PairCollator(pad_token_id, pack_length=cfg.pack_length if cfg.packing else None,
                            prefix_sharing=cfg.shares_prefixes)  # fmt: skip
     rw, rl, iw, il = (torch.zeros(n) for _ in range(4))
     rows, weights, have_implicit = [], [], True
     with eval_mode(model):
-        for idx in tqdm(length_batches(lengths, cfg.per_device_eval_batch_size), desc="evaluating", leave=False):
+        for k in tqdm(range(distributed.max_over_ranks(len(batches))), desc="evaluating", leave=False):
+            idx = batches[min(k, len(batches) - 1)] if batches else []
+            if not idx:
+                continue
             batch = collate([features[i] for i in idx])
             with_policy = objective.policy_ready(batch)
             parts = objective(model, batch, with_policy=with_policy)
+            if k >= len(batches):  # a repeat, to keep the ranks' forwards in step
+                continue
             rows.append(step_metrics(parts))
             weights.append(len(idx))
             s = parts.scores
@@ -61,6 +74,10 @@ def evaluate_pairs(
                 have_implicit = False
             else:
                 iw[idx], il[idx] = s.implicit_chosen.float().cpu(), s.implicit_rejected.float().cpu()
+    if distributed.world_size() > 1 and n >= distributed.world_size():
+        rw, rl, iw, il = (distributed.gather_rows(t) for t in (rw, rl, iw, il))
+        have_implicit = distributed.all_true(have_implicit)
+        rows, weights = distributed.gather_lists(rows), distributed.gather_lists(weights)
     metrics = mean_metrics(rows, weights)
     tags, subsets = [p.tag for p in pairs], [p.subset for p in pairs]
     scored = EvalResult(

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hafrm.data.tokenize import PairTokenizer, pad_rows
 from hafrm.errors import HafError
 from hafrm.heads import HEAD_NAMES
+from hafrm.modeling.backbone import check_safe_weights, safe_load_kwargs
 from hafrm.modeling.batching import length_batches
 from hafrm.modeling.hybrid import HAFRM_CONFIG_FILE, REWARD_HEAD_FILE, HybridRewardModel
 from hafrm.objectives.losses import POLICY_LOSSES, ResponseLogps, build_implicit_reward
@@ -50,16 +51,20 @@ class RewardModel:
         self._reference: HybridRewardModel | None = None
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> RewardModel:
+    def from_pretrained(cls, path: str | Path, trust_remote_code: bool = False) -> RewardModel:
+        """A hafrm model folder: weights from safetensors only, the model's own code only with
+        `trust_remote_code` (never because the folder asks for it)."""
         path = Path(path)
         for name in ("config.json", REWARD_HEAD_FILE, HAFRM_CONFIG_FILE):
             if not (path / name).is_file():
                 raise HafError(f"{path} is not a hafrm model folder: {name} is missing")
+        check_safe_weights(path)
         meta = json.loads((path / HAFRM_CONFIG_FILE).read_text())
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        backbone = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        load = safe_load_kwargs(trust_remote_code)
+        backbone = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **load)
         model = HybridRewardModel(backbone)
         model.load_weights(path)
         return cls(model, tokenizer, meta, path)
@@ -103,7 +108,9 @@ class RewardModel:
             base = self.meta.get("base_model")
             if not base or not Path(base).exists():
                 raise HafError(f"implicit scores need the reference model, recorded as {base!r}, which is missing")
-            reference = HybridRewardModel(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32))
+            check_safe_weights(base)
+            reference = HybridRewardModel(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32,
+                                                                               **safe_load_kwargs()))  # fmt: skip
             self._reference = reference.to(self.model.device).eval()
         return self._reference
 

@@ -414,7 +414,7 @@ def comparisons(cells: list[dict[str, Any]], spec: ExperimentSpec) -> dict[str, 
     same seeds: the pairs HaF scored better (right where the other was wrong or tied, or tied
     where it was wrong) and worse, with a sign test's p-value (optimistic: the same test pairs
     recur across seeds). In distribution, the same per skill where the test pairs name one."""
-    datasets = list(spec.datasets)
+    datasets, trained = list(spec.datasets), spec.train_sets
     correct, modes, skills = _correct(cells)
     haf = [r for r, m in modes.items() if m == "hybrid"]
     others = [r for r, m in modes.items() if m != "hybrid"]
@@ -426,9 +426,9 @@ def comparisons(cells: list[dict[str, Any]], spec: ExperimentSpec) -> dict[str, 
                 keys = [
                     k
                     for k in correct[a]
-                    if k in correct[b] and (k[0] == k[1]) == same and k[0] in datasets and k[1] in datasets
+                    if k in correct[b] and (k[0] == k[1]) == same and k[0] in trained and k[1] in datasets
                 ]
-                complete = len(datasets) if same else len(datasets) ** 2 - len(datasets)
+                complete = len(trained) if same else len(trained) * (len(datasets) - 1)
                 entry[where] = _paired(correct[a], correct[b], keys, complete)
                 if same and entry[where]:
                     entry["per_skill"] = _per_skill(correct[a], correct[b], keys, complete, skills)
@@ -516,11 +516,11 @@ def budgets(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def analyse(
     cells: list[dict[str, Any]], spec: ExperimentSpec, candidates: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    datasets = list(spec.datasets)
+    datasets = spec.train_sets  # the in-distribution tables: the sets cells train on
     grid = accuracy_grid(cells)
     return {
         "experiment": spec.name,
-        "datasets": {n: {"group": d.group, "data": d.data} for n, d in spec.datasets.items()},
+        "datasets": {n: {"group": d.group, "data": d.data, "test_only": d.test_only} for n, d in spec.datasets.items()},
         "seeds": spec.seeds,
         "cells_finished": len(cells),
         "in_distribution": in_distribution(grid, datasets),

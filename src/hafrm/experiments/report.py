@@ -76,21 +76,26 @@ def fig_in_distribution(results: dict[str, Any], out: Path) -> Path | None:
     return _save(fig, out / "in_distribution.png")
 
 
+def _trained(results: dict[str, Any]) -> list[str]:
+    """The datasets cells trained on (not `test_only`), in the experiment's order."""
+    return [n for n, d in results["datasets"].items() if not d.get("test_only")]
+
+
 def fig_ood(results: dict[str, Any], out: Path) -> Path | None:
     ood = {r: v for r, v in results["out_of_distribution"].items() if len(v["matrix"]) > 1}
     if not ood:
         return None
-    names = list(results["datasets"])
+    names, trained = list(results["datasets"]), _trained(results)
     fig, axes = plt.subplots(1, len(ood), figsize=(3.3 * len(ood) + 1, 3.6), squeeze=False, constrained_layout=True)
     for ax, (row, v) in zip(axes[0], ood.items(), strict=True):
-        m = [[v["matrix"].get(a, {}).get(b, float("nan")) for b in names] for a in names]
+        m = [[v["matrix"].get(a, {}).get(b, float("nan")) for b in names] for a in trained]
         im = ax.imshow(m, vmin=0.3, vmax=1.0, cmap="viridis")
         for i, line in enumerate(m):
             for j, x in enumerate(line):
                 if not math.isnan(x):
                     ax.text(j, i, f"{x:.2f}", ha="center", va="center", fontsize=7, color="w" if x < 0.7 else "k")
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(names)), names if ax is axes[0][0] else [""] * len(names), fontsize=7)
+        ax.set_yticks(range(len(trained)), trained if ax is axes[0][0] else [""] * len(trained), fontsize=7)
         ax.set_title(row, fontsize=9)
         ax.set_xlabel("tested on", fontsize=8)
     axes[0][0].set_ylabel("trained on", fontsize=8)
@@ -260,7 +265,7 @@ def tables(results: dict[str, Any]) -> list[Table]:
     out: list[Table] = []
     ind = results["in_distribution"]
     if ind:
-        datasets = list(results["datasets"])
+        datasets = _trained(results)
         rows = [[r, *[_stat(v["datasets"].get(d)) for d in datasets], _stat(v["average"])] for r, v in ind.items()]
         out.append(("In distribution (Table 2)", ["method", *datasets, "average"], rows))
     ood = {r: v for r, v in results["out_of_distribution"].items() if len(v["matrix"]) > 1}

@@ -84,13 +84,16 @@ def prepare_data(spec: ExperimentSpec, out: Path) -> dict[str, dict[str, Any]]:
     summary = {}
     for name, ds in spec.datasets.items():
         pairs, reports = _read_dataset(ds, spec)
-        train, test = split_by_prompt(pairs, spec.test_fraction, spec.split_seed)
+        if ds.test_only:  # never trained on: every pair is held out
+            train, test = [], list(pairs)
+        else:
+            train, test = split_by_prompt(pairs, spec.test_fraction, spec.split_seed)
         split = {"train": len(train), "test": len(test)}
         if spec.max_train_pairs and len(train) > spec.max_train_pairs:
             train = cap(train, spec.max_train_pairs, spec.split_seed)
         if spec.max_test_pairs and len(test) > spec.max_test_pairs:
             test = cap(test, spec.max_test_pairs, spec.split_seed)
-        if not train or not test:
+        if not test or not (train or ds.test_only):
             raise DataError(f"{spec.source}: dataset {name!r}: {len(pairs)} pairs are too few to split")
         write_jsonl_atomic(data_dir / f"{name}.train.jsonl", [_record(p, name) for p in train])
         write_jsonl_atomic(data_dir / f"{name}.test.jsonl", [_record(p, name) for p in test])
@@ -133,7 +136,7 @@ class CellSetup:
 
 def cell_setup(spec: ExperimentSpec, cell: Cell, out: Path) -> CellSetup:
     data_dir = out / "data"
-    names = list(spec.datasets) if cell.train == MIXED else [cell.train]
+    names = spec.train_sets if cell.train == MIXED else [cell.train]
     train_files = [data_dir / f"{n}.{'mixed' if cell.train == MIXED else 'train'}.jsonl" for n in names]
     own_tests = [data_dir / f"{n}.test.jsonl" for n in names]
     n_train = sum(sum(1 for _ in f.open()) for f in train_files)
@@ -160,6 +163,8 @@ def cell_setup(spec: ExperimentSpec, cell: Cell, out: Path) -> CellSetup:
     if not cfg.lora_r:  # cells finished before LoRA existed had none
         for key in HafConfig.fields_in("lora"):
             config.pop(key)
+    if not cfg.trust_remote_code:  # cells finished before the option existed ran no remote code
+        config.pop("trust_remote_code")
     if config["group_by_length"]:  # cells finished before the option existed were length-grouped
         config.pop("group_by_length")
     for key in NOT_SHARED:  # read options of the split files, whose bytes are hashed

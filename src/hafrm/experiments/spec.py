@@ -46,6 +46,7 @@ class DatasetSpec:
     group: str = ""  # subject group for the OOD averages (e.g. chat, safety)
     options: dict[str, Any] = field(default_factory=dict)  # data_format, on_error, ...
     max_pairs: int | None = None  # cap on the pairs read, before the split (a seeded sample)
+    test_only: bool = False  # never trained on: every pair is a test pair of every cell (out of distribution)
 
 
 @dataclass(kw_only=True)
@@ -76,6 +77,11 @@ class ExperimentSpec:
     # and optionally `judge`: a saved hafrm model whose scores rank the candidates
     keep_models: bool = False
     source: str = "experiment"
+
+    @property
+    def train_sets(self) -> list[str]:
+        """The datasets cells train on (all but the `test_only` ones)."""
+        return [n for n, d in self.datasets.items() if not d.test_only]
 
     def cell_config(self, method: str, seed: int, **cell: Any) -> HafConfig:
         """The HafConfig of one cell: shared `train` fields, the method's, then the cell's own."""
@@ -108,9 +114,9 @@ def plan_cells(spec: ExperimentSpec) -> list[Cell]:
     method and dataset comes first, so an interrupted run already holds a complete grid)."""
     cells = []
     for seed in spec.seeds:
-        for ds in spec.datasets:
+        for ds in spec.train_sets:
             cells += [Cell(method=m, train=ds, seed=seed, base_method=m) for m in spec.methods]
-        if spec.mixed and len(spec.datasets) > 1:
+        if spec.mixed and len(spec.train_sets) > 1:
             cells += [Cell(method=m, train=MIXED, seed=seed, kind="mixed", base_method=m) for m in spec.methods]
     sweep = spec.alpha_sweep
     if sweep is not None:
@@ -193,11 +199,14 @@ def _datasets(raw: Any, where: str) -> dict[str, DatasetSpec]:
             raise _fail(where, f"dataset {name!r} has no data")
         group = str(body.pop("group", ""))
         max_pairs = body.pop("max_pairs", None)
+        test_only = body.pop("test_only", False)
+        if not isinstance(test_only, bool):
+            raise _fail(where, f"dataset {name!r}: test_only must be true or false, not {test_only!r}")
         unknown = [k for k in body if k not in DATA_OPTIONS]
         if unknown:
             raise _fail(
                 where,
-                f"dataset {name!r}: unknown field(s) {unknown}; accepted: data, group, max_pairs, "
+                f"dataset {name!r}: unknown field(s) {unknown}; accepted: data, group, max_pairs, test_only, "
                 f"{', '.join(DATA_OPTIONS)}",
             )
         out[str(name)] = DatasetSpec(
@@ -206,7 +215,10 @@ def _datasets(raw: Any, where: str) -> dict[str, DatasetSpec]:
             group=group,
             options=body,
             max_pairs=max_pairs,
+            test_only=test_only,
         )
+    if all(d.test_only for d in out.values()):
+        raise _fail(where, "every dataset is test_only: at least one must be trained on")
     return out
 
 
@@ -252,8 +264,8 @@ def _alpha_sweep(sweep: Any, datasets: dict[str, DatasetSpec], source: str) -> A
     bad = [s for s in parsed.schedules if s not in ALPHA_SCHEDULES]
     if bad:
         raise _fail(source, f"alpha_sweep.schedules: {bad} unknown; accepted: {', '.join(ALPHA_SCHEDULES)}")
-    if parsed.dataset not in datasets:
-        raise _fail(source, f"alpha_sweep.dataset {parsed.dataset!r} is not among the datasets")
+    if parsed.dataset not in datasets or datasets[parsed.dataset].test_only:
+        raise _fail(source, f"alpha_sweep.dataset {parsed.dataset!r} is not among the datasets trained on")
     return parsed
 
 

@@ -90,15 +90,46 @@ class Backbone(NamedTuple):
     path: str  # the folder or Hub id it was loaded from (`resolve_model`)
 
 
-def load_backbone(name: str, cache_dir: str | os.PathLike | None = None, **kwargs: Any) -> Backbone:
-    """The causal LM `name` names (see `resolve_model`), its tokenizer and where it came from."""
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_safe_weights(path: str | os.PathLike) -> None:
+    """Refuse a model folder whose weights are pickles (loading one can run any code): hafrm
+    loads weights from safetensors only."""
+    folder = Path(path)
+    if not folder.is_dir() or any(folder.glob("model*.safetensors")):
+        return
+    pickles = sorted(f.name for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise HafError(
+            f"{folder}: the weights are pickle files ({', '.join(pickles[:3])}), which can run code when loaded; "
+            "hafrm loads safetensors only: convert them where you trust them (load the model, then "
+            "save_pretrained(..., safe_serialization=True))"
+        )
+
+
+def safe_load_kwargs(trust_remote_code: bool = False) -> dict[str, Any]:
+    """`from_pretrained` arguments of every hafrm load: safetensors weights only, and the model's
+    own code only when asked."""
+    return {"use_safetensors": True, "trust_remote_code": trust_remote_code}
+
+
+def load_backbone(
+    name: str, cache_dir: str | os.PathLike | None = None, trust_remote_code: bool = False, **kwargs: Any
+) -> Backbone:
+    """The causal LM `name` names (see `resolve_model`), its tokenizer and where it came from:
+    weights from safetensors only, its own code only with `trust_remote_code`."""
     path = resolve_model(name, cache_dir)
+    check_safe_weights(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
-    except OSError as e:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, **safe_load_kwargs(trust_remote_code), **kwargs
+        )
+    except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HafError(f"could not load model {name!r}: {first}") from None
+        hint = " (it needs --trust-remote-code)" if "trust_remote_code" in str(e) and not trust_remote_code else ""
+        raise HafError(f"could not load model {name!r}: {first}{hint}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Backbone(model=model, tokenizer=tokenizer, path=path)

@@ -313,17 +313,39 @@ class HybridRewardModel(nn.Module):
         return n_layers
 
     # persistence -----------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, model_card: dict[str, Any] | None = None) -> None:
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        model_card: dict[str, Any] | None = None,
+        state_dict: dict[str, Tensor] | None = None,
+    ) -> None:
         """Write a folder that `AutoModelForCausalLM` can also load (the policy head), with the
-        `model_card` (what `hafrm.load` needs: mode, head, loss, ...) as hafrm_config.json."""
+        `model_card` (what `hafrm.load` needs: mode, head, loss, ...) as hafrm_config.json.
+
+        `state_dict`: this model's full weights gathered by an engine that shards them (DeepSpeed
+        ZeRO-3, FSDP), keyed as `self.state_dict()`, saved instead of the local (sharded) ones;
+        the reward head is saved in fp32 whatever dtype the engine trained it in."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        backbone_state = head_state = None
+        if state_dict is not None:
+            parts: dict[str, dict[str, Tensor]] = {"backbone": {}, "reward_head": {}}
+            for key, value in state_dict.items():
+                part, _, name = key.partition(".")
+                if part in parts:
+                    parts[part][name] = value
+            backbone_state, head_state = parts["backbone"], parts["reward_head"]
+            if not head_state:
+                raise ValueError(f"{directory}: the gathered weights hold no reward head (keys {list(state_dict)[:3]})")
         if self.lora_config is None:
-            self.backbone.save_pretrained(directory)
+            self.backbone.save_pretrained(directory, state_dict=backbone_state)
         else:  # the adapters merged in (a plain model folder), and the adapters on their own
+            if state_dict is not None:
+                raise NotImplementedError("LoRA with an engine that shards the weights (ZeRO-3, FSDP) is not supported")
             self.backbone.save_pretrained(directory, state_dict=lora.merged_state_dict(self.backbone))
             lora.save_adapters(self.backbone, self.lora_config, directory)
-        head = {k: v.detach().contiguous().cpu() for k, v in self.reward_head.state_dict().items()}
+        head_state = head_state if head_state is not None else self.reward_head.state_dict()
+        head = {k: v.detach().float().contiguous().cpu() for k, v in head_state.items()}
         save_file(head, str(directory / REWARD_HEAD_FILE))
         if model_card is not None:
             write_text_atomic(directory / HAFRM_CONFIG_FILE, json.dumps(model_card, indent=2) + "\n")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from hafrm import distributed
 from hafrm.heads import HEADS
 from hafrm.modeling.hybrid import HybridOutput, HybridRewardModel, model_inputs
 from hafrm.objectives.accuracy import accuracy
@@ -155,8 +156,9 @@ class HybridObjective:
             pol = self.policy_loss(lp)
             weight = policy_weight(cfg, progress)
             if self.auto_alpha is not None:
-                if progress is not None:  # a training step: its losses move the running means
-                    self.auto_alpha.update(bt.detach().mean().item(), pol.losses.detach().mean().item())
+                if progress is not None:  # a training step: its losses (every rank's) move the running means
+                    means = [bt.detach().mean().item(), pol.losses.detach().mean().item()]
+                    self.auto_alpha.update(*distributed.mean_over_ranks(means))
                 weight *= self.auto_alpha.alpha
             if cfg.mode_spec.uses_alpha:
                 alpha = weight

@@ -8,7 +8,6 @@ import dataclasses
 import importlib.util
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any, NamedTuple
 import torch
 from transformers import BitsAndBytesConfig, TrainingArguments, set_seed
 
+from hafrm import distributed
 from hafrm.config import SELECTION_METRICS, HafConfig
 from hafrm.data.io import LoadReport, split_by_prompt, summary_line
 from hafrm.data.shared import shares_prompt
@@ -67,6 +67,9 @@ def train(cfg: HafConfig, extra_eval: dict[str, list[PreferencePair]] | None = N
     """
     start = time.time()
     laps = Laps()
+    distributed.init_process_group()  # launched with torchrun / accelerate launch: join its ranks
+    if distributed.sharded_engine() and not torch.cuda.is_available():
+        log.warning("%s needs GPUs: on CPU the Trainer trains with DDP instead", distributed.sharded_engine())
     resume_checkpoint(cfg)  # a checkpoint that cannot be resumed stops the run before the caches
     set_seed(cfg.seed)
     setup = setup_model(cfg)
@@ -118,7 +121,7 @@ class ModelSetup:
 
 def setup_model(cfg: HafConfig) -> ModelSetup:
     """The backbone with a zero-initialised reward head, its bottom `cfg.freeze_layers` frozen."""
-    backbone = load_backbone(cfg.model, cfg.cache_dir, **quantization(cfg))
+    backbone = load_backbone(cfg.model, cfg.cache_dir, cfg.trust_remote_code, **quantization(cfg))
     model = HybridRewardModel(
         backbone.model, logprob_chunk_size=cfg.logprob_chunk_size, keep_logits_bytes=cfg.logprob_keep_mib * 2**20
     )
@@ -235,8 +238,11 @@ def _report_drops(name: str, res: TokenizeResult) -> dict[str, int]:
 # ------------------------------------------------------------------------------------- the caches
 def prefix_blocker(cfg: HafConfig, model: HybridRewardModel) -> str | None:
     """Why the frozen-prefix cache cannot be used for this run, or None."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or torch.cuda.device_count() > 1:
-        return "it runs in a single process on one device"
+    if distributed.world_size() == 1 and torch.cuda.device_count() > 1:
+        return "the Trainer would spread one process over several GPUs (DataParallel): launch one process per GPU"
+    engine = distributed.sharded_engine()
+    if engine:
+        return f"{engine} shards the frozen layers' weights across the ranks"
     checkpoint = last_checkpoint(cfg.output_dir) if cfg.resume else None
     if checkpoint and not frozen_weights_match(model, checkpoint):  # its states must be the checkpoint's
         return f"the frozen layers of {checkpoint} differ from the model's (trained with other --freeze-layers?)"
@@ -293,13 +299,14 @@ def setup_prefix_cache(cfg: HafConfig, setup: ModelSetup, data: TrainData, train
     model.attach_prefix_cache(cache)
     fingerprint = model_fingerprint(model)
     hits = []
-    for tok in toks:
-        bf16 = train_bf16 and tok is data.train_tok
-        key = fingerprint + (":bf16-autocast" if bf16 else "")
-        with torch.autocast(model.device.type, torch.bfloat16, enabled=bf16):
-            filled = fill(model, tok.pairs, cache_root(cfg.cache_dir), key, setup.pad_id, cfg.pack_length,
-                          cfg.shares_prefixes)  # fmt: skip
-        hits.append(filled.hit)
+    with distributed.main_first():  # several processes: each holds the cache; rank 0 fills the disk's
+        for tok in toks:
+            bf16 = train_bf16 and tok is data.train_tok
+            key = fingerprint + (":bf16-autocast" if bf16 else "")
+            with torch.autocast(model.device.type, torch.bfloat16, enabled=bf16):
+                filled = fill(model, tok.pairs, cache_root(cfg.cache_dir), key, setup.pad_id, cfg.pack_length,
+                              cfg.shares_prefixes)  # fmt: skip
+            hits.append(filled.hit)
     log.info("frozen-prefix cache: %d sequences, %.0f MiB, %d of %d sets from disk", len(cache),
              cache.bytes / 2**20, sum(hits), len(hits))  # fmt: skip
     return FrozenPrefix(cache=cache)
@@ -390,6 +397,8 @@ def _training_args(cfg: HafConfig, n_train: int) -> TrainingArguments:
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         save_only_model=cfg.save_only_model,
+        # several processes on CPU: the Trainer's accelerate state takes the gloo group (else it sees one process)
+        use_cpu=distributed.world_size() > 1 and not torch.cuda.is_available(),
     )
 
 
@@ -476,10 +485,11 @@ def finalise(
         metrics |= {f"train/seconds/{phase}": t for phase, t in laps.seconds.items()}
         log.info("seconds: %s", ", ".join(f"{phase} {t:.0f}" for phase, t in laps.seconds.items()))
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "metrics.json", metrics)
-    sources = [r.to_dict() for r in data.split.reports]
-    write_json_atomic(out / "data.json", {"sources": sources, "tokenisation": data.dropped})
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "metrics.json", metrics)
+        sources = [r.to_dict() for r in data.split.reports]
+        write_json_atomic(out / "data.json", {"sources": sources, "tokenisation": data.dropped})
     return TrainResult(
         output_dir=out,
         metrics=metrics,

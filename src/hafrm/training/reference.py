@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers.utils.logging import tqdm  # the bars of the Trainer: shown in logs too
 
+from hafrm import distributed
 from hafrm.data.tokenize import PairCollator, TokenizedPair, pair_features
 from hafrm.fileio import atomic_path
 from hafrm.modeling.batching import eval_mode, length_batches
@@ -61,20 +62,24 @@ def compute_logps(
     prefix_sharing: bool = False,
 ) -> torch.Tensor:
     """Summed response log-probs for every pair, (N, 2); batches are formed by length, and
-    packed into rows of `pack_length` tokens when it is given (padded otherwise)."""
+    packed into rows of `pack_length` tokens when it is given (padded otherwise). With several
+    processes each rank computes its share of the pairs and every rank returns all of them
+    (the model is the plain one here, before any engine wraps it)."""
     features = pair_features(pairs, None)
-    lengths = [max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs]
+    mine = distributed.shard(len(pairs))
+    lengths = [max(len(pairs[i].chosen_ids), len(pairs[i].rejected_ids)) for i in mine]
     collate = PairCollator(pad_token_id, pack_length=pack_length, prefix_sharing=prefix_sharing)
     out = torch.zeros(len(features), 2)
-    with tqdm(total=len(features), desc="reference log-probs", unit="pair") as bar, eval_mode(model):
-        for idx in length_batches(lengths, batch_size):
+    with tqdm(total=len(mine), desc="reference log-probs", unit="pair") as bar, eval_mode(model):
+        for batch_idx in length_batches(lengths, batch_size):
+            idx = [mine[j] for j in batch_idx]
             batch = collate([features[i] for i in idx])
             res = model(**model_inputs(batch))
             B = len(idx)
             out[idx, 0] = res.logps[:B].float().cpu()
             out[idx, 1] = res.logps[B:].float().cpu()
             bar.update(B)
-    return out
+    return distributed.gather_rows(out)
 
 
 def reference_logps(
@@ -96,12 +101,14 @@ def reference_logps(
         f"{fingerprint}:{data_fingerprint(pairs)}:{LOGPROB_VERSION}".encode(), digest_size=16
     ).hexdigest()
     path = Path(cache_dir) / "reference" / f"{key}.safetensors"
-    if path.is_file():
-        logps = load_file(str(path))["logps"]
-        if logps.shape == (len(pairs), 2):
-            return ReferenceResult(logps=logps, path=path, hit=True)
+    logps = load_file(str(path))["logps"] if path.is_file() else None
+    if logps is not None and logps.shape != (len(pairs), 2):
         log.warning("reference cache %s has the wrong shape; recomputing", path)
+        logps = None
+    if distributed.all_true(logps is not None):  # every rank read it (else they compute it together)
+        return ReferenceResult(logps=logps, path=path, hit=True)
     logps = compute_logps(model, pairs, pad_token_id, batch_size, pack_length, prefix_sharing)
-    with atomic_path(path) as tmp:  # a killed run never leaves a half-written cache file
-        save_file({"logps": logps.contiguous()}, str(tmp), metadata={"pairs": str(len(pairs))})
+    if distributed.is_main():
+        with atomic_path(path) as tmp:  # a killed run never leaves a half-written cache file
+            save_file({"logps": logps.contiguous()}, str(tmp), metadata={"pairs": str(len(pairs))})
     return ReferenceResult(logps=logps, path=path, hit=False)

@@ -22,6 +22,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from hafrm import distributed
 from hafrm.config import HafConfig
 from hafrm.data.tokenize import TokenizedPair
 from hafrm.errors import DivergedError
@@ -37,7 +38,7 @@ from hafrm.training.checkpoints import (
 )
 
 log = logging.getLogger(__name__)
-TRAINING_ARGS_NAME = "training_args.bin"
+TRAINING_ARGS_NAME = "training_args.json"  # the Trainer writes a pickle (training_args.bin); hafrm JSON
 OBJECTIVE_STATE_NAME = "objective_state.json"  # in a checkpoint: the running means of `alpha: auto`
 SAMPLER_STATE_NAME = "sampler_state.pt"  # in a checkpoint: the RNG state the epoch's batch order was drawn from
 
@@ -123,10 +124,12 @@ class HafTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Training logs carry the mean of the step metrics since the last log (TRL's habit).
+        # With several processes, the means of every rank's (as the Trainer's own `loss` is).
         if "loss" in logs and not any(k.startswith("eval_") for k in logs):
-            for k, values in self._train_metrics.items():
-                if k != "loss" and values:
-                    logs[k] = sum(values) / len(values)
+            means = {k: sum(v) / len(v) for k, v in self._train_metrics.items() if k != "loss" and v}
+            ranks = distributed.gather_lists([means])
+            for k in means:
+                logs[k] = sum(r[k] for r in ranks if k in r) / sum(1 for r in ranks if k in r)
             self._train_metrics.clear()
         super().log(logs, start_time)
 
@@ -143,12 +146,21 @@ class HafTrainer(Trainer):
 
     # persistence: hafrm's folder format instead of a bare state dict --------------------
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Rank 0 writes the folder; under ZeRO-3 or FSDP from the `state_dict` the Trainer gathered
+        from the shards (the reward head's included), else from the model's own weights."""
+        if not self.args.should_save:
+            return
         output_dir = output_dir or self.args.output_dir
+        if state_dict is not None and not state_dict:  # ZeRO-3 without gathering: DeepSpeed writes its shards
+            log.warning("%s: ZeRO-3 saves its own shards here (stage3_gather_16bit_weights_on_model_save is off); "
+                        "gather them with DeepSpeed's zero_to_fp32.py", output_dir)  # fmt: skip
+            return
         model: HybridRewardModel = self.accelerator.unwrap_model(self.model)
-        model.save_pretrained(output_dir, model_card=self.model_card)
+        model.save_pretrained(output_dir, model_card=self.model_card, state_dict=state_dict)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        with open(os.path.join(output_dir, TRAINING_ARGS_NAME), "w") as f:
+            f.write(self.args.to_json_string())
 
     def final_eval(self) -> EvalResult:
         """The eval of the weights the run ends with (the kept best, or the last step)."""
@@ -198,9 +210,13 @@ class HafTrainer(Trainer):
         self.accelerator.wait_for_everyone()
 
     def _get_train_sampler(self, train_dataset=None):
+        """The Trainer's length-grouped sampler, resumable, grouping by the global batch: every rank
+        draws the same order, and accelerate hands rank r the r-th share of each global batch, so
+        a step sees the pairs one process with the whole batch would see."""
         sampler = super()._get_train_sampler(train_dataset)
         if type(sampler) is LengthGroupedSampler:
-            sampler = ResumableLengthGroupedSampler(sampler.batch_size, lengths=sampler.lengths)
+            global_batch = sampler.batch_size * self.args.world_size  # the Trainer's is one rank's
+            sampler = ResumableLengthGroupedSampler(global_batch, lengths=sampler.lengths)
             self._sampler = sampler
         return sampler
 
