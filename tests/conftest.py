@@ -40,7 +40,7 @@ def tokenizer(embedded_dir):
     return AutoTokenizer.from_pretrained(embedded_dir)
 
 
-@pytest.fixture(params=["llama", "qwen2"])
+@pytest.fixture(params=["llama", "qwen2", "mistral", "gemma", "phi3"])
 def arch(request) -> str:
     return request.param
 

@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    GemmaConfig,
+    GemmaForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from hafrm.data.types import PreferencePair
 from hafrm.modeling.hybrid import HybridRewardModel
@@ -28,6 +39,12 @@ def tiny_backbone(arch: str, vocab_size: int, seed: int = 0, layers: int = 2):
         return LlamaForCausalLM(LlamaConfig(**common)).eval()
     if arch == "qwen2":
         return Qwen2ForCausalLM(Qwen2Config(**common)).eval()
+    if arch == "mistral":  # a sliding window shorter than the test sequences
+        return MistralForCausalLM(MistralConfig(**common, sliding_window=16)).eval()
+    if arch == "gemma":  # embeddings scaled by sqrt(hidden), GELU, (1 + w) RMSNorm
+        return GemmaForCausalLM(GemmaConfig(**common, head_dim=8)).eval()
+    if arch == "phi3":  # fused qkv and gate_up projections
+        return Phi3ForCausalLM(Phi3Config(**common)).eval()
     raise ValueError(arch)
 
 

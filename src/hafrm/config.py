@@ -67,6 +67,9 @@ GROUPS: dict[str, str] = {
 }
 
 
+REPORT_TO = ("none", "tensorboard", "wandb")  # the Trainer integrations hafrm offers
+
+
 def _f(default: Any, help: str, *, group: str, source: bool = False, cell: bool = False) -> Any:
     """A HafConfig field. `source`: how every data source is read (`data_options`); `cell`: the
     run's own data, seed, folder and checkpoints, which each experiment cell sets itself."""
@@ -227,6 +230,12 @@ class HafConfig:
         "(and kept on disk), so each step runs only the layers above (0 = off; a larger set runs them every step).",
         group="speed",
     )
+    gradient_checkpointing: bool = _f(
+        False,
+        "Recompute each trained layer's activations in backward instead of keeping them (transformers' "
+        "gradient checkpointing): less memory, about a third more compute.",
+        group="speed",
+    )
     cache_dir: str | None = _f(
         None, "Cache for models, reference log-probs and frozen-prefix states (~/.cache/hafrm).", group="speed"
     )
@@ -244,6 +253,12 @@ class HafConfig:
         "accuracy", f"Keep the checkpoint best by: {', '.join(SELECTION_METRICS)}.", group="output", cell=True
     )
     logging_steps: int = _f(5, "Log training metrics every N steps.", group="output")
+    report_to: str = _f(
+        "none",
+        "Where the Trainer also logs: none, tensorboard (event files under output_dir/runs), wandb, or both "
+        "comma-separated (its own integrations; wandb reads WANDB_MODE, WANDB_PROJECT, ...).",
+        group="output",
+    )
     resume: bool = _f(False, "Resume from the last checkpoint in output_dir.", group="output", cell=True)
 
     def __post_init__(self) -> None:
@@ -304,6 +319,9 @@ class HafConfig:
             raise ConfigError("load_in_4bit / load_in_8bit quantise the frozen backbone: they need adapters (--lora-r)")
         if self.load_in_4bit and self.load_in_8bit:
             raise ConfigError("load_in_4bit and load_in_8bit: choose one")
+        unknown = [r for r in self.report_to.split(",") if r.strip() not in REPORT_TO]
+        if unknown:
+            raise ConfigError(f"report_to: {unknown} unknown; accepted: {', '.join(REPORT_TO)} (comma-separated)")
         if self.prefix_cache_mib < 0:
             raise ConfigError(f"prefix_cache_mib must be >= 0, got {self.prefix_cache_mib}")
         if not 0 < self.eval_fraction < 1:

@@ -1,13 +1,19 @@
 """Prefix sharing: one segment [prompt | chosen | rejected] per pair gives what two sequences give."""
 
+import json
+import logging
+
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from hafrm.apps.cli import app
 from hafrm.config import HafConfig
 from hafrm.data.shared import balanced_rows, first_fit, pack_shared_rows, shares_prompt
 from hafrm.data.tokenize import PairCollator, PairTokenizer, TokenizedPair, pair_features
 from hafrm.modeling.hybrid import HybridRewardModel
 from hafrm.objectives.haf import HybridObjective, step_metrics
+from hafrm.training.recipe import sharing_blocker
 from helpers import make_pairs, tiny_backbone
 
 
@@ -63,6 +69,36 @@ def _features_with_one_unshared(tokenizer):
     return [*features[:-1], odd]
 
 
+def _skip_windowed(backbone):
+    """The tiny Mistral's 16-token sliding window: the shared layout does not apply it, so training
+    turns sharing off for it (test_sharing_is_off_for_a_sliding_window_shorter_than_max_length)."""
+    if sharing_blocker(backbone.config, 512):
+        pytest.skip("sliding window shorter than the sequences: prefix sharing is turned off for such models")
+
+
+def test_sharing_is_off_for_a_sliding_window_shorter_than_max_length(tokenizer, tmp_path, caplog):
+    """The shared layout's mask would let a token see past the window (measured: another loss), so a
+    model with a window below max_length trains with sharing off, and says so."""
+    for arch in ("llama", "qwen2", "gemma", "phi3"):
+        assert sharing_blocker(tiny_backbone(arch, len(tokenizer)).config, 512) is None, arch
+    mistral = tiny_backbone("mistral", len(tokenizer))
+    assert "sliding window of 16 tokens" in sharing_blocker(mistral.config, 512)
+    assert sharing_blocker(mistral.config, 16) is None  # the window never bites
+    mistral.config.sliding_window = None
+    assert sharing_blocker(mistral.config, 512) is None
+    folder = tmp_path / "mistral"
+    tiny_backbone("mistral", len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "run"
+    with caplog.at_level(logging.WARNING, logger="hafrm"):
+        result = CliRunner().invoke(app, ["train", "--model", str(folder), "--builtin-pairs", "48", "--max-steps", "2",
+                                          "--precision", "fp32", "--output-dir", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "prefix sharing off: the model attends within a sliding window of 16 tokens" in caplog.text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "train/prefix_sharing/shared_pairs" not in metrics
+
+
 def _run(model, objective, collator, features):
     model.zero_grad()
     out = objective(model, collator(features))
@@ -74,6 +110,7 @@ def _run(model, objective, collator, features):
 @pytest.mark.parametrize("pack_length", [64, 4096])  # several rows, and everything in one row
 def test_prefix_shared_equals_packed_and_padded_losses_and_gradients(arch, attn, pack_length, tokenizer):
     backbone = tiny_backbone(arch, len(tokenizer), seed=1, layers=2)
+    _skip_windowed(backbone)
     backbone.config._attn_implementation = attn
     model = HybridRewardModel(backbone)
     torch.nn.init.normal_(model.reward_head.weight, std=0.5)
@@ -142,6 +179,7 @@ def test_prefix_shared_through_the_frozen_prefix_cache_equals_the_full_forward(a
     from hafrm.modeling.prefix import PrefixCache, fill
 
     model = HybridRewardModel(tiny_backbone(arch, len(tokenizer), seed=5, layers=3))
+    _skip_windowed(model.backbone)
     torch.nn.init.normal_(model.reward_head.weight, std=0.5)
     model.freeze_bottom(2)
     model.train()

@@ -1,4 +1,4 @@
-"""Model mechanics on tiny random Llama and Qwen2 backbones."""
+"""Model mechanics on tiny random backbones of five families (Llama, Qwen2, Mistral, Gemma, Phi-3)."""
 
 import pytest
 import torch

@@ -1,5 +1,6 @@
 """Checkpoints: written whole or not at all, and a run killed at any step resumes to the same weights."""
 
+import logging
 import os
 import random
 import signal
@@ -32,7 +33,7 @@ def _weights(folder):
     return out
 
 
-def test_a_run_killed_at_a_random_step_resumes_to_identical_weights(tiny_model_dir, tmp_path):
+def test_a_run_killed_at_a_random_step_resumes_to_identical_weights(tiny_model_dir, tmp_path, caplog):
     """SIGKILL just after a checkpoint chosen at random, then --resume: the final weights equal an
     uninterrupted run's bit for bit, with the bottom layers frozen and served from the frozen-prefix
     cache in both (the default recipe freezes layers)."""
@@ -54,9 +55,11 @@ def test_a_run_killed_at_a_random_step_resumes_to_identical_weights(tiny_model_d
     assert not (killed / "model.safetensors").exists()  # it did not finish
     left = last_checkpoint(killed)
     assert left is not None and int(left.rsplit("-", 1)[1]) >= at
-    result = runner.invoke(app, [*_args(tiny_model_dir, killed, *steps), "--resume"])
+    with caplog.at_level(logging.INFO, logger="hafrm"):
+        result = runner.invoke(app, [*_args(tiny_model_dir, killed, *steps), "--resume"])
     assert result.exit_code == 0, result.output
-    assert "frozen-prefix cache off" not in result.output  # the resumed run takes the same path
+    assert "frozen-prefix cache off" not in caplog.text  # the resumed run takes the same path
+    assert "frozen-prefix cache:" in caplog.text
     a, b = _weights(whole), _weights(killed)
     assert a.keys() == b.keys() and len(a) > 10
     differ = [k for k in a if not torch.equal(a[k], b[k])]

@@ -68,8 +68,11 @@ def _train(config: Path | None = None, **fields: Any) -> None:
         f"{m['eval/shortcut/length_longer']:.3f}, shorter {m['eval/shortcut/length_shorter']:.3f}, "
         f"bag of words {m['eval/shortcut/bag_of_words']:.3f}"
     )
+    peak = f"peak memory {m['train/peak_rss_mib']:.0f} MiB RSS" + (
+        f", {m['train/peak_cuda_mib']:.0f} MiB CUDA" if "train/peak_cuda_mib" in m else ""
+    )
     console.print(
-        f"trained on {result.train_pairs} pairs in {result.seconds:.0f} s ({result.precision}); "
+        f"trained on {result.train_pairs} pairs in {result.seconds:.0f} s ({result.precision}, {peak}); "
         f"model and metrics.json in {result.output_dir}"
     )
 

@@ -163,8 +163,9 @@ def cell_setup(spec: ExperimentSpec, cell: Cell, out: Path) -> CellSetup:
     if not cfg.lora_r:  # cells finished before LoRA existed had none
         for key in HafConfig.fields_in("lora"):
             config.pop(key)
-    if not cfg.trust_remote_code:  # cells finished before the option existed ran no remote code
-        config.pop("trust_remote_code")
+    for key, off in (("trust_remote_code", False), ("report_to", "none"), ("gradient_checkpointing", False)):
+        if config[key] == off:  # cells finished before these options existed ran without them
+            config.pop(key)
     if config["group_by_length"]:  # cells finished before the option existed were length-grouped
         config.pop("group_by_length")
     for key in NOT_SHARED:  # read options of the split files, whose bytes are hashed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -48,9 +49,28 @@ def prepare_embedded(cache_dir: str | os.PathLike | None = None) -> Path:
     target = cache_root(cache_dir) / "models" / EMBEDDED_NAME
     if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
         return target
-    gguf = _gguf_file()
-    log.info("preparing %s from %s (once)", EMBEDDED_NAME, gguf)
-    with tqdm(total=3, desc=f"converting {EMBEDDED_NAME} to safetensors (once)", unit="step") as bar:
+    return convert_gguf(_gguf_file(), target, EMBEDDED_NAME)
+
+
+def prepare_gguf(file: Path, cache_dir: str | os.PathLike | None = None) -> Path:
+    """A GGUF file that transformers can read (its architecture and quantisation), converted once into
+    a dequantised fp32 safetensors folder in the cache, keyed by the file's name, size and time."""
+    stat = file.stat()
+    key = hashlib.blake2b(f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode(), digest_size=6).hexdigest()
+    target = cache_root(cache_dir) / "models" / f"gguf-{file.stem}-{key}"
+    if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
+        return target
+    try:
+        return convert_gguf(file, target, file.stem)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:  # an architecture or quantisation it cannot read
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HafError(f"could not read the GGUF file {file}: {first}") from None
+
+
+def convert_gguf(gguf: Path, target: Path, name: str) -> Path:
+    """`gguf`'s model and tokenizer, dequantised, as a plain fp32 safetensors folder at `target`."""
+    log.info("preparing %s from %s (once)", name, gguf)
+    with tqdm(total=3, desc=f"converting {name} to safetensors (once)", unit="step") as bar:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         bar.update()
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -59,7 +79,7 @@ def prepare_embedded(cache_dir: str | os.PathLike | None = None) -> Path:
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.hf_quantizer = None
-        model.config.name_or_path = EMBEDDED_NAME
+        model.config.name_or_path = name
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
@@ -71,10 +91,13 @@ def prepare_embedded(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> str:
-    """A loadable path or Hub id for `name`; 'smollm2' means the embedded default."""
+    """A loadable path or Hub id for `name`; 'smollm2' means the embedded default, a `.gguf` file is
+    converted once into the cache."""
     if name in (DEFAULT_MODEL, EMBEDDED_NAME):
         return str(prepare_embedded(cache_dir))
     path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return str(prepare_gguf(path, cache_dir))
     if path.exists():
         if not (path / "config.json").is_file():
             raise HafError(f"model folder {path} has no config.json")

@@ -8,6 +8,7 @@ import dataclasses
 import importlib.util
 import logging
 import math
+import resource
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,6 +74,10 @@ def train(cfg: HafConfig, extra_eval: dict[str, list[PreferencePair]] | None = N
     resume_checkpoint(cfg)  # a checkpoint that cannot be resumed stops the run before the caches
     set_seed(cfg.seed)
     setup = setup_model(cfg)
+    why = sharing_blocker(setup.model.config, cfg.max_length) if cfg.shares_prefixes else None
+    if why:
+        log.warning("prefix sharing off: %s", why)
+        cfg = dataclasses.replace(cfg, prefix_sharing=False)
     data = setup_data(cfg, setup, extra_eval or {})
     precision = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
     laps.lap("model_and_data")
@@ -135,6 +140,8 @@ def setup_model(cfg: HafConfig) -> ModelSetup:
                      trained)  # fmt: skip
     except ValueError as e:
         raise ConfigError(f"{'lora' if cfg.lora_r > 0 and 'freeze' not in str(e) else 'freeze_layers'}: {e}") from None
+    if cfg.gradient_checkpointing:  # transformers' own, per decoder layer (the trained ones recompute in backward)
+        model.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return ModelSetup(model=model, tokenizer=backbone.tokenizer, path=backbone.path, frozen=frozen)
 
 
@@ -236,6 +243,28 @@ def _report_drops(name: str, res: TokenizeResult) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------- the caches
+def sliding_window(config: Any) -> int | None:
+    """The attention window of the model's sliding-window layers, or None where every layer attends
+    to the whole sequence."""
+    text = config.get_text_config()
+    window = getattr(text, "sliding_window", None)
+    types = getattr(text, "layer_types", None)
+    if types is not None:
+        return window if "sliding_attention" in types else None
+    return window if getattr(text, "use_sliding_window", True) else None
+
+
+def sharing_blocker(config: Any, max_length: int) -> str | None:
+    """Why prefix sharing cannot be used with this model, or None: its layout hands the backbone a
+    mask of its own, which does not apply a sliding window (a window at least `max_length` long
+    never bites)."""
+    window = sliding_window(config)
+    if window is not None and window < max_length:
+        return (f"the model attends within a sliding window of {window} tokens (< max_length {max_length}), "
+                "which the shared layout does not apply; pairs run as two sequences")  # fmt: skip
+    return None
+
+
 def prefix_blocker(cfg: HafConfig, model: HybridRewardModel) -> str | None:
     """Why the frozen-prefix cache cannot be used for this run, or None."""
     if distributed.world_size() == 1 and torch.cuda.device_count() > 1:
@@ -393,7 +422,8 @@ def _training_args(cfg: HafConfig, n_train: int) -> TrainingArguments:
         bf16=False,  # HafTrainer autocasts its training steps itself (bf16_steps), not evaluation
         remove_unused_columns=False,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        report_to="none",
+        report_to=[r.strip() for r in cfg.report_to.split(",") if r.strip() != "none"] or "none",
+        run_name=Path(cfg.output_dir).name,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         save_only_model=cfg.save_only_model,
@@ -521,7 +551,11 @@ def _final_metrics(
         "train/steps": float(trainer.state.global_step),
         "train/selected_step": float(trainer.selected_step),
         "train/seconds": time.time() - start,
+        "train/peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process (Linux: KiB)
+        "train/trainable_parameters": float(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)),
     }
+    if torch.cuda.is_available():
+        metrics["train/peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     if data.shared_pairs is not None:  # the rest ran as two sequences
         metrics["train/prefix_sharing/shared_pairs"] = float(data.shared_pairs)
         metrics["train/prefix_sharing/unshared_pairs"] = float(len(data.train_tok.pairs) - data.shared_pairs)
