@@ -33,6 +33,7 @@ LAYERS = [
     ("hafrm.evaluation",),
     ("hafrm.training",),
     ("hafrm.experiments",),
+    ("hafrm.rlhf",),
     ("hafrm.apps",),
     ("hafrm", "hafrm.__main__"),
 ]

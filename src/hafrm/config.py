@@ -70,13 +70,17 @@ GROUPS: dict[str, str] = {
 REPORT_TO = ("none", "tensorboard", "wandb")  # the Trainer integrations hafrm offers
 
 
-def _f(default: Any, help: str, *, group: str, source: bool = False, cell: bool = False) -> Any:
-    """A HafConfig field. `source`: how every data source is read (`data_options`); `cell`: the
-    run's own data, seed, folder and checkpoints, which each experiment cell sets itself."""
+def config_field(default: Any, help: str, *, group: str, source: bool = False, cell: bool = False) -> Any:
+    """A config dataclass field (HafConfig's and the other commands'). `source`: how every data
+    source is read (`data_options`); `cell`: the run's own data, seed, folder and checkpoints,
+    which each experiment cell sets itself."""
     metadata = {"help": help, "group": group, "source": source, "cell": cell}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+_f = config_field
 
 
 @dataclass(kw_only=True)
@@ -361,30 +365,40 @@ class HafConfig:
     # construction ----------------------------------------------------------------------
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> HafConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown field(s) {unknown}; accepted: {sorted(known)}")
+        check_fields(cls, values, source)
         return cls(**values)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> HafConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of field: value")
-        return cls.from_dict(values, source=str(path))
+        return cls.from_dict(read_yaml_mapping(path), source=str(path))
 
     def replace(self, **changes: Any) -> HafConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_fields(cls: type, values: dict[str, Any], source: str) -> None:
+    """ConfigError naming `source` if `values` has a key that is no field of the dataclass `cls`."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown field(s) {unknown}; accepted: {sorted(known)}")
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A config file's `field: value` mapping; ConfigError naming the file if it is missing or not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of field: value")
+    return values
 
 
 def read_options(

@@ -1,4 +1,5 @@
-"""The `hafrm` command: train, eval, score, data, prepare-model. User errors exit 2 with one line."""
+"""The `hafrm` command (train, eval, score, export, serve, experiment, bon, rlhf, generate, data, ...).
+User errors exit 2 with one line."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from hafrm.apps.config_options import (
 from hafrm.apps.console import console, fail, print_eval_table
 from hafrm.apps.data_cli import data_app
 from hafrm.apps.export import export_model
+from hafrm.apps.rlhf_cli import _rlhf, generate
 from hafrm.apps.server import ServerSettings, create_app
 from hafrm.config import field_help
 from hafrm.errors import HafError
@@ -342,6 +344,10 @@ def bon(
         g = report["gold"]
         console.print(f"candidates correct {g['candidates_correct']:.3f}; oracle (any correct) {g['oracle']:.3f}")
     console.print(f"wrote {output_dir / 'bon.json'}", highlight=False)
+
+
+app.command("rlhf")(_rlhf)
+app.command("generate")(generate)
 
 
 @app.command("prepare-model")

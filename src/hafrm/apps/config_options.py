@@ -1,5 +1,6 @@
-"""HafConfig as command-line options: one --field-name flag per field, made from its metadata
-(type, help, group, default), so a new field gets its flag without an edit to the CLI."""
+"""Config dataclasses (HafConfig, RLHFConfig) as command-line options: one --field-name flag per
+field, made from its metadata (type, help, group, default), so a new field gets its flag without
+an edit to the CLI."""
 
 from __future__ import annotations
 
@@ -17,23 +18,25 @@ from rich.markup import escape
 from hafrm.config import GROUPS, HafConfig, field_help, read_options
 from hafrm.data.formats import DataOptions
 
-_CONFIG_OPTION = typer.Option("--config", help="YAML file of HafConfig fields; the flags given override it.")
+_CONFIG_OPTION = typer.Option("--config", help="YAML file of the config's fields; the flags given override it.")
 
 
-def config_parameters() -> list[inspect.Parameter]:
-    """`--config FILE`, then one keyword parameter per HafConfig field, for a command's `__signature__`."""
-    hints = typing.get_type_hints(HafConfig)
+def config_parameters(cls: type = HafConfig, groups: dict[str, str] = GROUPS) -> list[inspect.Parameter]:
+    """`--config FILE`, then one keyword parameter per field of the config dataclass `cls` (whose
+    fields carry help and a group of `groups`), for a command's `__signature__`."""
+    hints = typing.get_type_hints(cls)
     config = inspect.Parameter(
         "config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Path | None, _CONFIG_OPTION]
     )
-    return [config, *(_field_option(f, hints[f.name]) for f in dataclasses.fields(HafConfig))]
+    aliases = TRAIN_ALIASES if cls is HafConfig else {}
+    return [config, *(_field_option(f, hints[f.name], groups, aliases) for f in dataclasses.fields(cls))]
 
 
-def build_config(config: Path | None, overrides: dict[str, Any]) -> HafConfig:
+def build_config(config: Path | None, overrides: dict[str, Any], cls: type = HafConfig) -> Any:
     """The YAML file's fields (if any), then every flag given: a flag left out (None) keeps the file's value."""
-    base = HafConfig.from_yaml(config).to_dict() if config else {}
+    base = cls.from_yaml(config).to_dict() if config else {}
     base.update({k: _unset(v) for k, v in overrides.items() if v is not None and v != []})
-    return HafConfig.from_dict(base)
+    return cls.from_dict(base)
 
 
 # `hafrm train` has one flag per HafConfig field, --field-name (plus these older spellings), made
@@ -74,10 +77,12 @@ def _number_or_word(kind: type) -> Callable[[str], Any]:
     return parse
 
 
-def _field_option(f: dataclasses.Field, kind: Any) -> inspect.Parameter:
-    """A HafConfig field as a `hafrm train` option; its default is None (overrides nothing), and
-    --help shows the field's default."""
-    flags = ["--" + f.name.replace("_", "-")] + ([TRAIN_ALIASES[f.name]] if f.name in TRAIN_ALIASES else [])
+def _field_option(
+    f: dataclasses.Field, kind: Any, groups: dict[str, str], aliases: dict[str, str]
+) -> inspect.Parameter:
+    """A config field as a command's option; its default is None (overrides nothing), and --help
+    shows the field's default."""
+    flags = ["--" + f.name.replace("_", "-")] + ([aliases[f.name]] if f.name in aliases else [])
     default = f.default_factory() if f.default is dataclasses.MISSING else f.default
     text, extra = f.metadata["help"], {}
     optional = type(None) in typing.get_args(kind)
@@ -97,7 +102,7 @@ def _field_option(f: dataclasses.Field, kind: Any) -> inspect.Parameter:
     if optional and kind is not str and not words:
         extra = {"parser": _number_or_unset(kind), "metavar": f"<{kind.__name__}>"}
         text += f" '{UNSET}' unsets it."
-    group = GROUPS[f.metadata["group"]]
+    group = groups[f.metadata["group"]]
     text += escape(f" [default: {shown}]")  # the field's default: the option's own is None
     option = typer.Option(*flags, help=text, rich_help_panel=group, **extra)
     return inspect.Parameter(

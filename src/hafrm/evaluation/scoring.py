@@ -28,7 +28,7 @@ class Encoded(NamedTuple):
     start: int  # where the response starts
 
 
-def _messages(prompt: Prompt) -> list[dict[str, str]]:
+def as_messages(prompt: Prompt) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
@@ -116,7 +116,7 @@ class RewardModel:
 
     def encode(self, prompt: Prompt, response: str) -> Encoded:
         """Token ids of the formatted (prompt, response), as training formats them, and where the response starts."""
-        return Encoded(*self.encoder.encode(_messages(prompt), response))
+        return Encoded(*self.encoder.encode(as_messages(prompt), response))
 
     def score_batch(
         self,

@@ -156,3 +156,26 @@ def load_backbone(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Backbone(model=model, tokenizer=tokenizer, path=path)
+
+
+def freeze_bottom_layers(model: Any, n_layers: int) -> int:
+    """Freeze a causal LM's input embeddings and its first `n_layers` decoder layers (negative:
+    all but the last `-n_layers`, none if the decoder has no more than that); returns how many.
+
+    Backward then stops at that layer: less compute and optimizer state. With tied embeddings the
+    LM head's weight is frozen too; the layers above still learn.
+    """
+    if n_layers == 0:
+        return 0
+    layers = getattr(model.get_decoder(), "layers", None)
+    if layers is None:
+        raise ValueError(f"cannot freeze layers ({n_layers}): the decoder has no .layers (0 trains everything)")
+    if n_layers > len(layers):
+        raise ValueError(f"cannot freeze {n_layers} layers: the decoder has {len(layers)} layers")
+    n_layers = n_layers if n_layers > 0 else max(0, len(layers) + n_layers)
+    if n_layers == 0:
+        return 0
+    model.get_input_embeddings().weight.requires_grad_(False)
+    for layer in layers[:n_layers]:
+        layer.requires_grad_(False)
+    return n_layers

@@ -23,6 +23,7 @@ from transformers.modeling_utils import load_state_dict
 from hafrm.fileio import write_text_atomic
 from hafrm.modeling import lora
 from hafrm.modeling.attention import backbone_mask
+from hafrm.modeling.backbone import freeze_bottom_layers
 from hafrm.modeling.prefix import PrefixCache, cached_forward, cached_forward_shared
 
 REWARD_HEAD_FILE = "reward_head.safetensors"
@@ -290,27 +291,9 @@ class HybridRewardModel(nn.Module):
             return self.reward_head(last.float()).squeeze(-1)
 
     def freeze_bottom(self, n_layers: int) -> int:
-        """Freeze the input embeddings and the first `n_layers` decoder layers (negative: all but
-        the last `-n_layers`, none if the decoder has no more than that); returns how many.
-
-        Backward then stops at that layer: less compute and optimizer state. With tied
-        embeddings the LM head's weight is frozen too; the policy head still learns through the
-        layers above. The reward head always trains.
-        """
-        if n_layers == 0:
-            return 0
-        layers = getattr(self.decoder(), "layers", None)
-        if layers is None:
-            raise ValueError(f"cannot freeze layers ({n_layers}): the decoder has no .layers (0 trains everything)")
-        if n_layers > len(layers):
-            raise ValueError(f"cannot freeze {n_layers} layers: the decoder has {len(layers)} layers")
-        n_layers = n_layers if n_layers > 0 else max(0, len(layers) + n_layers)
-        if n_layers == 0:
-            return 0
-        self.backbone.get_input_embeddings().weight.requires_grad_(False)
-        for layer in layers[:n_layers]:
-            layer.requires_grad_(False)
-        return n_layers
+        """Freeze the backbone's embeddings and first `n_layers` layers (`freeze_bottom_layers`);
+        the reward head always trains."""
+        return freeze_bottom_layers(self.backbone, n_layers)
 
     # persistence -----------------------------------------------------------------------
     def save_pretrained(

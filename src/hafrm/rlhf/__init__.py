@@ -1,0 +1,1 @@
+"""RLHF against a hafrm reward model with TRL's online trainers, measured against gold verifiers."""
