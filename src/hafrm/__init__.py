@@ -11,6 +11,8 @@ from hafrm.errors import ConfigError, DataError, HafError
 from hafrm.evaluation.scoring import RewardModel, load
 from hafrm.modeling.hybrid import HybridOutput, HybridRewardModel
 from hafrm.objectives.losses import POLICY_LOSSES, PolicyLogps, bradley_terry_loss
+from hafrm.rlhf.config import RLHFConfig
+from hafrm.rlhf.run import RLHFResult, compare_rlhf, run_rlhf
 from hafrm.training.recipe import TrainResult, train
 from hafrm.version import __version__
 
@@ -26,11 +28,15 @@ __all__ = [
     "HybridRewardModel",
     "PolicyLogps",
     "PreferencePair",
+    "RLHFConfig",
+    "RLHFResult",
     "RewardModel",
     "TrainResult",
     "bradley_terry_loss",
+    "compare_rlhf",
     "export_model",
     "load",
+    "run_rlhf",
     "train",
     "__version__",
 ]

@@ -200,3 +200,17 @@ def test_cli_rlhf_and_generate(policy_dir, builtin_rm_dir, tmp_path):
     report = json.loads(out.read_text())
     assert set(report["gold"]["models"]) == {str(policy_dir), str(builtin_rm_dir)}
     assert report["gold"]["prompts"] == 5 and len(report["samples"][str(policy_dir)]) == 1
+
+
+def test_a_seq_cls_export_scores_as_trl_reads_it(tiny_rm_dir, tmp_path):
+    from hafrm.apps.export import export_model
+    from hafrm.rlhf.rewards import SeqClsReward, reward_function
+
+    reward = reward_function("export", str(export_model(tiny_rm_dir, "seq-cls", tmp_path / "rm").out))
+    assert isinstance(reward, SeqClsReward)
+    prompts = [[{"role": "user", "content": "What is 2 + 2?"}], [{"role": "user", "content": "Say hi."}]]
+    completions = [[{"role": "assistant", "content": "4"}], [{"role": "assistant", "content": "hello there"}]]
+    rm = hafrm.load(tiny_rm_dir)
+    texts = [rm.tokenizer.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, completions, strict=True)]
+    ids = [rm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert reward(prompts, completions) == pytest.approx(rm.score_ids(ids, [0] * len(ids), head="reward"), abs=1e-4)
