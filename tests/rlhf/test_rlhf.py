@@ -185,9 +185,10 @@ def test_remote_reward_scores_as_the_local_model_does(protocol, tiny_rm_dir, pol
 
 def test_cli_rlhf_and_generate(policy_dir, builtin_rm_dir, tmp_path):
     runner = CliRunner()
-    args = ["rlhf", "--policy", str(policy_dir), "--reward-model", str(builtin_rm_dir), "--eval-prompts", "4",
-            "--max-steps", "1", "--num-generations", "2", "--per-device-train-batch-size", "2",
-            "--max-new-tokens", "3", "--no-save-policy", "--output-dir", str(tmp_path / "r")]  # fmt: skip
+    config = tmp_path / "rlhf.yaml"  # a config without the reward model, which the flag gives
+    config.write_text(f"policy: {policy_dir}\neval_prompts: 4\nmax_steps: 1\nnum_generations: 2\n")
+    args = ["rlhf", "--config", str(config), "--reward-model", str(builtin_rm_dir), "--per-device-train-batch-size",
+            "2", "--max-new-tokens", "3", "--no-save-policy", "--output-dir", str(tmp_path / "r")]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "gold" in result.output and (tmp_path / "r" / "rlhf.json").is_file()

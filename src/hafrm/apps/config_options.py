@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from hafrm.config import GROUPS, HafConfig, field_help, read_options
+from hafrm.config import GROUPS, HafConfig, check_fields, field_help, read_options, read_yaml_mapping
 from hafrm.data.formats import DataOptions
 
 _CONFIG_OPTION = typer.Option("--config", help="YAML file of the config's fields; the flags given override it.")
@@ -34,9 +34,10 @@ def config_parameters(cls: type = HafConfig, groups: dict[str, str] = GROUPS) ->
 
 def build_config(config: Path | None, overrides: dict[str, Any], cls: type = HafConfig) -> Any:
     """The YAML file's fields (if any), then every flag given: a flag left out (None) keeps the file's value."""
-    base = cls.from_yaml(config).to_dict() if config else {}
+    base = read_yaml_mapping(config) if config else {}  # checked as a whole once the flags are in
+    check_fields(cls, base, str(config))
     base.update({k: _unset(v) for k, v in overrides.items() if v is not None and v != []})
-    return cls.from_dict(base)
+    return cls.from_dict(base, source=str(config) if config else "config")
 
 
 # `hafrm train` has one flag per HafConfig field, --field-name (plus these older spellings), made
