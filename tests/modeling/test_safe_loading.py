@@ -95,3 +95,34 @@ def test_a_trained_model_folder_holds_no_pickle(tiny_model_dir, tmp_path):
     assert "training_args.json" in written
     assert json.loads((out / "training_args.json").read_text())["learning_rate"] > 0
     assert not [n for n in written if n.endswith((".bin", ".pkl", ".pickle"))], written
+
+
+def test_a_model_folder_with_its_own_code_loads_in_every_command_only_with_the_flag(tiny_model_dir, tmp_path):
+    """Train on an architecture only the folder's own code defines: every command that loads the
+    trained folder (eval, score, export, generate) refuses it, naming --trust-remote-code, and works
+    with the flag (that the code is not imported without it: the test above)."""
+    marker = tmp_path / "imported"
+    custom = _custom_code_folder(tiny_model_dir, tmp_path / "custom", marker, model_type="hafrm_test_custom")
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--model", str(custom), "--trust-remote-code", "--builtin-pairs", "32",
+                                 "--max-steps", "1", "--precision", "fp32", "--output-dir", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (out / "modeling_custom.py").is_file()  # saved with its code, as transformers does
+    scores = tmp_path / "in.jsonl"
+    scores.write_text(json.dumps({"prompt": "What is 2 + 2?", "response": "4"}) + "\n")
+    commands = {
+        "eval": ["eval", str(out), "--data", "builtin"],
+        "score": ["score", str(out), "--input", str(scores)],
+        "export": ["export", str(out), str(tmp_path / "export"), "--to", "causal-lm"],
+        "generate": ["generate", str(out), "--prompt", "Hi", "--max-new-tokens", "2"],
+    }
+    marker.unlink()
+    for name, args in commands.items():
+        refused = runner.invoke(app, args)
+        assert refused.exit_code == 2 and "--trust-remote-code" in refused.output, (name, refused.output)
+    for name, args in commands.items():
+        allowed = runner.invoke(app, [*args, "--trust-remote-code"])
+        assert allowed.exit_code == 0, (name, allowed.output)
+    assert marker.exists()
+    loaded = RewardModel.from_pretrained(out, trust_remote_code=True)
+    assert type(loaded.model.backbone).__name__ == "CustomForCausalLM"

@@ -25,6 +25,7 @@ from hafrm.apps.config_options import (
     OnErrorOption,
     PkuFilterOption,
     PkuLabelOption,
+    TrustOption,
     build_config,
     config_parameters,
     data_options,
@@ -96,12 +97,13 @@ def eval_cmd(
     save_stats: bool = typer.Option(
         False, "--save-stats", help="Store each head's score mean and std on this data in the model folder."
     ),
+    trust_remote_code: TrustOption = False,
 ) -> None:
     """Pairwise accuracy of every head of a trained model, overall, per source or skill, per subset,
     RewardBench's sections where their subsets are present; each head's score mean and std."""
     try:
         opts = data_options(data_format, data_map, pku_label, pku_safety_filter, on_error)
-        metrics = evaluate_model_dir(model_dir, data, opts, save_stats=save_stats)
+        metrics = evaluate_model_dir(model_dir, data, opts, save_stats=save_stats, trust_remote_code=trust_remote_code)
     except HafError as e:
         fail(str(e))
     print_eval_table(metrics, title=f"accuracy of {model_dir}")
@@ -127,10 +129,11 @@ def score(
         False, "--normalize", help="(score - mean) / std, with the statistics stored in the model folder."
     ),
     plot: Path | None = typer.Option(None, help="Write a histogram of the scores (chosen vs rejected) as PNG."),
+    trust_remote_code: TrustOption = False,
 ) -> None:
     """Score responses: one score per line, or the records with scores added (--output)."""
     try:
-        lines = score_file(model_dir, input, head, batch_size, normalize=normalize)
+        lines = score_file(model_dir, input, head, batch_size, normalize=normalize, trust_remote_code=trust_remote_code)
         if plot:
             plot_scores(lines, plot, title=f"{model_dir.name}: {input.name}")
             console.print(f"wrote {plot}", highlight=False)
@@ -152,10 +155,11 @@ def export(
         "seq-cls", "--to", help="seq-cls (AutoModelForSequenceClassification, head `score`) or causal-lm (the policy)."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    trust_remote_code: TrustOption = False,
 ) -> None:
     """Export a model to the standard folders TRL, OpenRLHF, RewardBench and vLLM load, no hafrm needed."""
     try:
-        result = export_model(model_dir, to, out, overwrite=overwrite)
+        result = export_model(model_dir, to, out, overwrite=overwrite, trust_remote_code=trust_remote_code)
     except HafError as e:
         fail(str(e))
     if result.target == "seq-cls":
@@ -195,6 +199,7 @@ def serve(
     max_queue: int = typer.Option(4096, help="Texts waiting, at most (503 beyond)."),
     timeout: float = typer.Option(120.0, help="Seconds per request, queue included (504 beyond)."),
     batching: bool = typer.Option(True, "--batching/--no-batching", help="Off: one request per forward."),
+    trust_remote_code: TrustOption = False,
 ) -> None:
     """Serve a reward model over HTTP: OpenRLHF's /get_reward, /score, /health, OpenAPI at /docs."""
     try:
@@ -216,7 +221,7 @@ def serve(
             torch.zeros(1, device=device)
         except (RuntimeError, AssertionError) as e:
             raise HafError(f"--device {device}: {str(e).splitlines()[0] if str(e) else 'not usable here'}") from None
-        rm = RewardModel.from_pretrained(model_dir).to(device)
+        rm = RewardModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code).to(device)
         server_app = create_app(rm, settings)
     except HafError as e:
         fail(str(e))

@@ -33,12 +33,16 @@ def _train_config(rm: RewardModel) -> HafConfig:
 
 
 def evaluate_model_dir(
-    model_dir: Path, data: list[str], options: DataOptions | None = None, save_stats: bool = False
+    model_dir: Path,
+    data: list[str],
+    options: DataOptions | None = None,
+    save_stats: bool = False,
+    trust_remote_code: bool = False,
 ) -> dict[str, float]:
     """Accuracy of both heads of a saved model on `data` ('builtin' = its held-out split), RewardBench's
     section scores where its subsets are present, and each head's score mean and std; `save_stats`
     stores those in the model folder (what `--normalize` and an export's `mean` / `std` use)."""
-    rm = RewardModel.from_pretrained(model_dir)
+    rm = RewardModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     result, dropped = evaluate_model(rm, data, options)
     metrics = dict(result.metrics)
     metrics["dropped"] = float(dropped)
@@ -65,7 +69,7 @@ def evaluate_model(rm: RewardModel, data: list[str], options: DataOptions | None
         raise DataError(f"no pairs left to evaluate (dropped: {dict(tok.dropped)})")
     ref = None
     if cfg.needs_reference:
-        base = load_backbone(rm.meta["base_model"], cfg.cache_dir)
+        base = load_backbone(rm.meta["base_model"], cfg.cache_dir, rm.trust_remote_code)
         ref = reference_logps(
             HybridRewardModel(base.model),
             tok.pairs,
@@ -80,10 +84,15 @@ def evaluate_model(rm: RewardModel, data: list[str], options: DataOptions | None
 
 
 def score_file(
-    model_dir: Path, path: Path, head: str | None, batch_size: int, normalize: bool = False
+    model_dir: Path,
+    path: Path,
+    head: str | None,
+    batch_size: int,
+    normalize: bool = False,
+    trust_remote_code: bool = False,
 ) -> list[dict[str, Any]]:
     """Records of `path` with `score` (for {prompt, response}) or `score_chosen`/`score_rejected`."""
-    rm = RewardModel.from_pretrained(model_dir)
+    rm = RewardModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     records = list(iter_records(path))
     if not records:
         raise DataError(f"{path}: no records to score")

@@ -117,6 +117,8 @@ MapOption = Annotated[list[str] | None, typer.Option("--map", help=field_help("d
 OnErrorOption = Annotated[str, typer.Option(help=field_help("on_error"))]
 PkuLabelOption = Annotated[str, typer.Option(help=field_help("pku_label"))]
 PkuFilterOption = Annotated[bool, typer.Option("--pku-safety-filter", help=field_help("pku_safety_filter"))]
+# Every command that loads a model folder: its own code runs only when asked.
+TrustOption = Annotated[bool, typer.Option("--trust-remote-code", help=field_help("trust_remote_code"))]
 
 
 def data_options(data_format, data_map, pku_label, pku_safety_filter, on_error="raise") -> DataOptions:

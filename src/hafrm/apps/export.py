@@ -38,12 +38,14 @@ class ExportResult:
     max_abs_diff: float  # export vs hafrm scores on probe texts (seq-cls), padded both sides
 
 
-def export_model(model_dir: str | Path, target: str, out: str | Path, overwrite: bool = False) -> ExportResult:
+def export_model(
+    model_dir: str | Path, target: str, out: str | Path, overwrite: bool = False, trust_remote_code: bool = False
+) -> ExportResult:
     """Write `model_dir` (a `hafrm train` folder) to `out` as `target` ('seq-cls' or 'causal-lm')."""
     if target not in TARGETS:
         raise HafError(f"unknown export target {target!r}; accepted: {', '.join(TARGETS)}")
     out = _check_out(Path(model_dir), Path(out), overwrite)
-    rm = RewardModel.from_pretrained(model_dir)
+    rm = RewardModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     tmp, old = out.with_name(f".{out.name}.partial"), out.with_name(f".{out.name}.old")
     try:
         shutil.rmtree(tmp, ignore_errors=True)

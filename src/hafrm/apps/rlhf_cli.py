@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hafrm.apps.config_options import build_config, config_parameters
+from hafrm.apps.config_options import TrustOption, build_config, config_parameters
 from hafrm.apps.console import console, fail
 from hafrm.errors import HafError
 from hafrm.fileio import write_text_atomic
@@ -102,6 +102,7 @@ def generate(
     max_new_tokens: int = typer.Option(32, help="Tokens per answer."),
     seed: int = typer.Option(0, help="Sampling seed."),
     out: Path | None = typer.Option(None, help="Write the answers (and --gold's report) as JSON here."),
+    trust_remote_code: TrustOption = False,
 ) -> None:
     """Sample from a model's policy (LM) head; with --gold, compare models' greedy answers on the
     built-in task's held-out prompts by the gold verifiers."""
@@ -112,13 +113,15 @@ def generate(
     record: dict[str, Any] = {}
     try:
         if prompt:
-            record["samples"] = {m: sample(m, prompt, num_samples, temperature, max_new_tokens, seed) for m in model}
+            record["samples"] = {
+                m: sample(m, prompt, num_samples, temperature, max_new_tokens, seed, trust_remote_code) for m in model
+            }
             for m, answers in record["samples"].items():
                 for p, a in zip(prompt, answers, strict=True):
                     typer.echo("\n".join(json.dumps({"model": m, "prompt": p, "response": t}, ensure_ascii=False)
                                          for t in a))  # fmt: skip
         if gold:
-            record["gold"] = gold_report(model, num_prompts, max_new_tokens)
+            record["gold"] = gold_report(model, num_prompts, max_new_tokens, trust_remote_code)
             print_gold(record["gold"])
     except HafError as e:
         fail(str(e))

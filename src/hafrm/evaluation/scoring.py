@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hafrm.data.tokenize import PairTokenizer, pad_rows
 from hafrm.errors import HafError
 from hafrm.heads import HEAD_NAMES
-from hafrm.modeling.backbone import check_safe_weights, safe_load_kwargs
+from hafrm.modeling.backbone import check_safe_weights, load_backbone
 from hafrm.modeling.batching import length_batches
 from hafrm.modeling.hybrid import HAFRM_CONFIG_FILE, REWARD_HEAD_FILE, HybridRewardModel
 from hafrm.objectives.losses import POLICY_LOSSES, ResponseLogps, build_implicit_reward
@@ -49,6 +48,7 @@ class RewardModel:
             tokenizer, meta.get("max_length", 10**9), meta.get("max_prompt_length", 10**9), meta.get("system_prompt")
         )
         self._reference: HybridRewardModel | None = None
+        self.trust_remote_code = False  # also for the reference model (the implicit head)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, trust_remote_code: bool = False) -> RewardModel:
@@ -60,14 +60,12 @@ class RewardModel:
                 raise HafError(f"{path} is not a hafrm model folder: {name} is missing")
         check_safe_weights(path)
         meta = json.loads((path / HAFRM_CONFIG_FILE).read_text())
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        load = safe_load_kwargs(trust_remote_code)
-        backbone = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **load)
-        model = HybridRewardModel(backbone)
+        backbone = load_backbone(str(path), trust_remote_code=trust_remote_code)
+        model = HybridRewardModel(backbone.model)
         model.load_weights(path)
-        return cls(model, tokenizer, meta, path)
+        rm = cls(model, backbone.tokenizer, meta, path)
+        rm.trust_remote_code = trust_remote_code
+        return rm
 
     @property
     def default_head(self) -> str:
@@ -108,9 +106,7 @@ class RewardModel:
             base = self.meta.get("base_model")
             if not base or not Path(base).exists():
                 raise HafError(f"implicit scores need the reference model, recorded as {base!r}, which is missing")
-            check_safe_weights(base)
-            reference = HybridRewardModel(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32,
-                                                                               **safe_load_kwargs()))  # fmt: skip
+            reference = HybridRewardModel(load_backbone(base, trust_remote_code=self.trust_remote_code).model)
             self._reference = reference.to(self.model.device).eval()
         return self._reference
 
@@ -172,6 +168,6 @@ class RewardModel:
         return self.score_batch([prompt], [response], head=head)[0]
 
 
-def load(path: str | Path) -> RewardModel:
+def load(path: str | Path, trust_remote_code: bool = False) -> RewardModel:
     """Load a model folder written by `hafrm train` (or `HybridRewardModel.save_pretrained`)."""
-    return RewardModel.from_pretrained(path)
+    return RewardModel.from_pretrained(path, trust_remote_code=trust_remote_code)

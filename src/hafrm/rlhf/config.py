@@ -41,6 +41,8 @@ class RLHFConfig:
                               "reward model's template) or 'openrlhf' (POST /get_reward, texts formatted "
                               "with the policy's template).", group="model")  # fmt: skip
     reward_head: str | None = _f(None, "The head that scores (default: the reward model's own).", group="model")
+    trust_remote_code: bool = _f(False, "Run the policy's and reward model's own Python code from their folders "
+                                 "(only for models you trust).", group="model")  # fmt: skip
     freeze_layers: int = _f(0, "Freeze the policy's embeddings and its first N layers (negative: all but the last "
                             "-N); backward stops there: faster on CPU.", group="model")  # fmt: skip
     normalize: bool = _f(True, "Normalise rewards by the mean and std stored with the reward model, where it "

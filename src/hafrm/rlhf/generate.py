@@ -16,9 +16,9 @@ from hafrm.rlhf.rewards import is_hafrm_folder
 
 @torch.no_grad()
 def sample(model_name: str, prompts: Sequence[str], num_samples: int = 1, temperature: float = 0.0,
-           max_new_tokens: int = 64, seed: int = 0) -> list[list[str]]:  # fmt: skip
+           max_new_tokens: int = 64, seed: int = 0, trust_remote_code: bool = False) -> list[list[str]]:  # fmt: skip
     """`num_samples` answers per prompt (greedy at temperature 0) from the model's LM head."""
-    policy = load_backbone(model_name)
+    policy = load_backbone(model_name, trust_remote_code=trust_remote_code)
     items = [RLPrompt(as_messages(p)) for p in prompts]
     if temperature == 0:
         return [[a] * num_samples for a in greedy_answers(policy.model, policy.tokenizer, items, max_new_tokens)]
@@ -34,14 +34,15 @@ def sample(model_name: str, prompts: Sequence[str], num_samples: int = 1, temper
     return out
 
 
-def gold_report(models: Sequence[str], num_prompts: int = 64, max_new_tokens: int = 32) -> dict[str, Any]:
+def gold_report(models: Sequence[str], num_prompts: int = 64, max_new_tokens: int = 32,
+                trust_remote_code: bool = False) -> dict[str, Any]:  # fmt: skip
     """Each model's greedy answers on the same built-in prompts (none of the hafrm folders among
     `models` was trained on them), judged by the gold verifiers: overall and per skill."""
     folders = [m for m in models if is_hafrm_folder(m)]
     split = builtin_prompt_split(folders, num_prompts, max_train=0)
     report: dict[str, Any] = {"prompts": len(split.eval), "excluded_as_training": split.excluded, "models": {}}
     for name in models:
-        policy = load_backbone(name)
+        policy = load_backbone(name, trust_remote_code=trust_remote_code)
         answers = greedy_answers(policy.model, policy.tokenizer, split.eval, max_new_tokens)
         gold = gold_verdicts(split.eval, answers)
         report["models"][name] = {"gold": gold.rate, "gold_per_skill": gold.per_skill, "correct": gold.correct,

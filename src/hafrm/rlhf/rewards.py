@@ -16,7 +16,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hafrm.errors import HafError
 from hafrm.evaluation.scoring import Prompt, RewardModel, as_messages
-from hafrm.modeling.backbone import check_safe_weights
+from hafrm.modeling.backbone import check_safe_weights, safe_load_kwargs
 from hafrm.modeling.hybrid import HAFRM_CONFIG_FILE, REWARD_HEAD_FILE
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,12 @@ class SeqClsReward:
     """A `hafrm export --to seq-cls` folder (or any sequence-classification reward model), read as
     TRL reads one: its own chat template over prompt + completion, the first logit."""
 
-    def __init__(self, path: str | Path, name: str = "seq-cls", batch_size: int = 16):
+    def __init__(self, path: str | Path, name: str = "seq-cls", batch_size: int = 16, trust_remote_code: bool = False):
         check_safe_weights(path)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            path, dtype=torch.float32, **safe_load_kwargs(trust_remote_code)
+        ).eval()
         self.__name__, self.batch_size, self.normalized = name, batch_size, False
 
     @torch.no_grad()
@@ -124,14 +126,16 @@ def is_hafrm_folder(path: str | Path) -> bool:
     return (Path(path) / REWARD_HEAD_FILE).is_file() and (Path(path) / HAFRM_CONFIG_FILE).is_file()
 
 
-def reward_function(name: str, path: str, head: str | None = None, normalize: bool = True):
+def reward_function(name: str, path: str, head: str | None = None, normalize: bool = True,
+                    trust_remote_code: bool = False):  # fmt: skip
     """The reward callable of a model folder: a hafrm folder's head, or a seq-cls export's logit."""
     if not Path(path).is_dir():
         raise HafError(f"reward model {path}: no such folder")
     if is_hafrm_folder(path):
-        return HafrmReward(RewardModel.from_pretrained(path), name=name, head=head, normalize=normalize)
+        rm = RewardModel.from_pretrained(path, trust_remote_code=trust_remote_code)
+        return HafrmReward(rm, name=name, head=head, normalize=normalize)
     if not (Path(path) / "config.json").is_file():
         raise HafError(f"{path} is neither a hafrm model folder nor a seq-cls export (config.json is missing)")
     if head is not None:
         raise HafError(f"{path}: a seq-cls export has one score; --reward-head applies to hafrm folders only")
-    return SeqClsReward(path, name=name)
+    return SeqClsReward(path, name=name, trust_remote_code=trust_remote_code)

@@ -157,7 +157,7 @@ def run_rlhf(cfg: RLHFConfig, split: PromptSplit | None = None) -> RLHFResult:
     out.mkdir(parents=True, exist_ok=True)
     split = split or prompt_split(cfg)
     torch.manual_seed(cfg.seed)
-    policy = load_backbone(cfg.policy)
+    policy = load_backbone(cfg.policy, trust_remote_code=cfg.trust_remote_code)
     model, tokenizer = policy.model, policy.tokenizer
     try:
         frozen = freeze_bottom_layers(model, cfg.freeze_layers)
@@ -166,7 +166,7 @@ def run_rlhf(cfg: RLHFConfig, split: PromptSplit | None = None) -> RLHFResult:
     if cfg.reward_url:
         reward = RemoteReward(cfg.reward_url, cfg.reward_protocol, tokenizer, name=name)
     else:
-        reward = reward_function(name, path, cfg.reward_head, cfg.normalize)
+        reward = reward_function(name, path, cfg.reward_head, cfg.normalize, cfg.trust_remote_code)
     eval_messages = [p.messages for p in split.eval]
 
     def measure(m: Any, step: int) -> EvalPoint:
