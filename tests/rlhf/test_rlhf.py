@@ -201,6 +201,13 @@ def test_cli_rlhf_and_generate(policy_dir, builtin_rm_dir, tmp_path):
     report = json.loads(out.read_text())
     assert set(report["gold"]["models"]) == {str(policy_dir), str(builtin_rm_dir)}
     assert report["gold"]["prompts"] == 5 and len(report["samples"][str(policy_dir)]) == 1
+    models = report["gold"]["models"]
+    difference = report["gold"]["differences"][f"{builtin_rm_dir} - {policy_dir}"]
+    verdicts = zip(models[str(policy_dir)]["correct"], models[str(builtin_rm_dir)]["correct"], strict=True)
+    judged = [(a, b) for a, b in verdicts if a is not None]
+    assert difference["n"] == len(judged) == 5
+    assert difference["delta"] == pytest.approx(sum(b - a for a, b in judged) / 5)
+    assert f"gold, {builtin_rm_dir} - {policy_dir}" in gen.output
 
 
 def test_a_seq_cls_export_scores_as_trl_reads_it(tiny_rm_dir, tmp_path):

@@ -137,3 +137,9 @@ def print_gold(report: dict[str, Any]) -> None:
     for name, m in report["models"].items():
         table.add_row(name, _fmt(m["gold"]), *[_fmt(m["gold_per_skill"].get(s)) for s in skills])
     Console().print(table)
+    for pair, change in report.get("differences", {}).items():
+        console.print(
+            f"gold, {pair}: {_interval(change)} (paired 95 % interval over the prompts)",
+            highlight=False,
+            soft_wrap=True,
+        )

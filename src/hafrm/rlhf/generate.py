@@ -12,6 +12,7 @@ from hafrm.evaluation.scoring import as_messages
 from hafrm.modeling.backbone import load_backbone
 from hafrm.rlhf.gold import RLPrompt, builtin_prompt_split, gold_verdicts, greedy_answers
 from hafrm.rlhf.rewards import is_hafrm_folder
+from hafrm.rlhf.run import paired_change
 
 
 @torch.no_grad()
@@ -37,7 +38,8 @@ def sample(model_name: str, prompts: Sequence[str], num_samples: int = 1, temper
 def gold_report(models: Sequence[str], num_prompts: int = 64, max_new_tokens: int = 32,
                 trust_remote_code: bool = False) -> dict[str, Any]:  # fmt: skip
     """Each model's greedy answers on the same built-in prompts (none of the hafrm folders among
-    `models` was trained on them), judged by the gold verifiers: overall and per skill."""
+    `models` was trained on them), judged by the gold verifiers: overall and per skill, and each
+    model against the first (paired over the prompts, with a 95 % bootstrap interval)."""
     folders = [m for m in models if is_hafrm_folder(m)]
     split = builtin_prompt_split(folders, num_prompts, max_train=0)
     report: dict[str, Any] = {"prompts": len(split.eval), "excluded_as_training": split.excluded, "models": {}}
@@ -47,5 +49,12 @@ def gold_report(models: Sequence[str], num_prompts: int = 64, max_new_tokens: in
         gold = gold_verdicts(split.eval, answers)
         report["models"][name] = {"gold": gold.rate, "gold_per_skill": gold.per_skill, "correct": gold.correct,
                                   "answers": answers}  # fmt: skip
+    report["differences"] = {}
+    first, *others = models
+    for name in others:  # the prompts that have a verifier: each a 0/1 pair, first vs this model
+        pairs = [(float(a), float(b)) for a, b in zip(report["models"][first]["correct"],
+                                                        report["models"][name]["correct"], strict=True)
+                 if a is not None and b is not None]  # fmt: skip
+        report["differences"][f"{name} - {first}"] = paired_change([a for a, _ in pairs], [b for _, b in pairs])
     report["eval_prompts"] = [p.messages for p in split.eval]
     return report
