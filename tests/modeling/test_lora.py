@@ -1,6 +1,7 @@
 """LoRA through peft: adapters on the trained layers, the reward head trained in full and saved with
 them, scores unchanged by a reload, a merged plain folder, the frozen-prefix cache, an exact resume."""
 
+import copy
 import json
 import shutil
 
@@ -14,7 +15,10 @@ from typer.testing import CliRunner
 import hafrm
 from hafrm.apps.cli import app
 from hafrm.config import HafConfig
+from hafrm.modeling.backbone import load_backbone
+from hafrm.modeling.hybrid import HybridRewardModel
 from hafrm.modeling.lora import ADAPTER_CONFIG_FILE, ADAPTER_DIR, ADAPTER_WEIGHTS_FILE
+from hafrm.training.reference import model_fingerprint
 
 runner = CliRunner()
 TEXTS = (["What is 2+3?", "Name a colour."], ["5", "Blue."])
@@ -93,6 +97,23 @@ def test_a_resumed_lora_run_ends_with_the_same_weights(tiny_model_dir, tmp_path)
     for name in (f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS_FILE}", "reward_head.safetensors", "model.safetensors"):
         a, b = load_file(tmp_path / "whole" / name), load_file(tmp_path / "split" / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_an_untrained_lora_model_shares_its_base_models_caches(trained, tiny_model_dir, tmp_path):
+    """Adapters with B still zero compute the base model: the same fingerprint, so a LoRA run reads
+    the reference log-probs a plain run of the same model and data wrote; trained ones do not."""
+    plain = HybridRewardModel(load_backbone(str(tiny_model_dir)).model)
+    untrained = copy.deepcopy(trained[0].reward_model.model)
+    untrained.backbone.config.use_cache = plain.backbone.config.use_cache  # training turned it off
+    assert model_fingerprint(untrained) != model_fingerprint(plain)  # the trained adapters
+    for name, p in untrained.backbone.named_parameters():
+        if ".lora_B" in name:
+            p.data.zero_()
+    assert model_fingerprint(untrained) == model_fingerprint(plain)
+    cache = tmp_path / "cache"
+    hafrm.train(_cfg(tiny_model_dir, tmp_path / "plain", lora_r=0, max_steps=1, cache_dir=str(cache)))
+    lora = hafrm.train(_cfg(tiny_model_dir, tmp_path / "lora", max_steps=1, cache_dir=str(cache)))
+    assert lora.reference_cache_hits == 2  # the training and the held-out sets' references
 
 
 @pytest.mark.parametrize(

@@ -74,7 +74,8 @@ def has_adapters(module: nn.Module) -> bool:
 def merged_state_dict(backbone: nn.Module) -> dict[str, torch.Tensor]:
     """The backbone's state dict with every adapter merged into its layer's weight, under the
     plain model's names (`q_proj.weight`, not `q_proj.base_layer.weight`); the live model is not
-    changed."""
+    changed. An adapter whose delta is zero (B still zero: untrained) leaves its weight as it is,
+    bit for bit, so an untrained LoRA model's state equals its base model's."""
     wrapped = lora_layers(backbone)
     out = {}
     for name, tensor in backbone.state_dict().items():
@@ -85,7 +86,8 @@ def merged_state_dict(backbone: nn.Module) -> dict[str, torch.Tensor]:
         if owner in wrapped and module.endswith(".base_layer"):
             name = f"{owner}.{leaf}"
             if leaf == "weight":
-                tensor = tensor + wrapped[owner].get_delta_weight(ADAPTER).to(tensor.dtype)
+                delta = wrapped[owner].get_delta_weight(ADAPTER).to(tensor.dtype)
+                tensor = tensor + delta if delta.any() else tensor
         out[name] = tensor.detach().contiguous()
     return out
 

@@ -23,6 +23,7 @@ from hafrm.data.tokenize import PairCollator, TokenizedPair, pair_features
 from hafrm.fileio import atomic_path
 from hafrm.modeling.batching import eval_mode, length_batches
 from hafrm.modeling.hybrid import HybridRewardModel, model_inputs
+from hafrm.modeling.lora import has_adapters, merged_state_dict
 
 log = logging.getLogger(__name__)
 LOGPROB_VERSION = "2"  # bump when the log-prob computation changes (2: packed passes)
@@ -36,10 +37,13 @@ class ReferenceResult:
 
 
 def model_fingerprint(model: HybridRewardModel) -> str:
-    """Hash of the backbone's config and weights (the policy that becomes the reference)."""
+    """Hash of the backbone's config and weights (the policy that becomes the reference). A
+    backbone with LoRA adapters is hashed as the model it computes (the adapters merged in), so
+    an untrained LoRA model shares its base model's reference and frozen-prefix caches."""
     h = hashlib.blake2b(digest_size=16)
     h.update(model.backbone.config.to_json_string(use_diff=False).encode())
-    for name, tensor in sorted(model.backbone.state_dict().items()):
+    state = merged_state_dict(model.backbone) if has_adapters(model.backbone) else model.backbone.state_dict()
+    for name, tensor in sorted(state.items()):
         h.update(name.encode())
         h.update(tensor.detach().float().contiguous().numpy().tobytes())
     return h.hexdigest()
