@@ -466,18 +466,19 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not here")
-def test_committed_paper_cells_still_match_paper_yaml(tmp_path, monkeypatch):
-    # docs/paper/cells hold hours of finished cells; a rerun of paper.yaml continues from them
-    # only while their fingerprints (config, code version, data bytes) still match.
+@pytest.mark.parametrize("name", ["paper", "powered"])
+def test_committed_cells_still_match_their_config(name, tmp_path, monkeypatch):
+    # docs/NAME/cells hold hours of finished cells; a rerun of experiments/NAME.yaml continues
+    # from them only while their fingerprints (config, code version, data bytes) still match.
     from hafrm.experiments.runner import cell_setup, prepare_data
     from hafrm.experiments.spec import load_experiment
 
     root = Path(__file__).resolve().parents[2]
     monkeypatch.chdir(root)  # the file's ../shared paths are relative to the checkout
-    spec = load_experiment(root / "experiments" / "paper.yaml")
+    spec = load_experiment(root / "experiments" / f"{name}.yaml")
     prepare_data(spec, tmp_path)
     cells = {c.id: c for c in plan_cells(spec)}
-    committed = sorted((root / "docs" / "paper" / "cells").glob("*/cell.json"))
+    committed = sorted((root / "docs" / name / "cells").glob("*/cell.json"))
     assert committed
     for f in committed:
         fingerprint = cell_setup(spec, cells[f.parent.name], tmp_path).fingerprint
