@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -424,6 +425,15 @@ def test_experiment_end_to_end_tiny_model_resumes(tiny_model_dir, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["cells_left_out_stale"] == ["reward--arith--s9"] and results["cells_finished"] == 11
     assert results["in_distribution"]["reward"]["datasets"]["arith"]["n"] == 1
+    assert "11 cells in the report; 1 left out, their config or data changed: reward--arith--s9" in redo.output
+    # the cells alone copied into a new folder (as docs/NAME/cells are): the report writes the same
+    # split files again, so every cell still matches and the tables are the same
+    fresh = tmp_path / "fresh"
+    shutil.copytree(out / "cells", fresh / "cells")
+    copied = runner.invoke(app, ["experiment", "--config", str(cfg), "--output-dir", str(fresh), "--report-only"])
+    assert copied.exit_code == 0 and "11 cells in the report; 1 left out" in copied.output, copied.output
+    again = json.loads((fresh / "results.json").read_text())
+    assert again["cells_finished"] == 11 and again["in_distribution"] == results["in_distribution"]
 
 
 @pytest.mark.parametrize(("precision", "frozen"), [("fp32", 0), ("bf16", 0), ("bf16", 2)])  # 2: the prefix cache

@@ -284,7 +284,10 @@ def experiment(
     try:
         spec = load_experiment(config)
         if report_only:
-            write_results(spec, output_dir)
+            results = write_results(spec, output_dir)
+            stale = results["cells_left_out_stale"]
+            left_out = f"; {len(stale)} left out, their config or data changed: {', '.join(stale)}" if stale else ""
+            console.print(f"{results['cells_finished']} cells in the report{left_out}", highlight=False, soft_wrap=True)
             console.print(f"wrote {output_dir / 'report.html'}", highlight=False)
             return
         run, _ = run_and_report(spec, output_dir, log_line=lambda m: console.print(m, highlight=False))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from hafrm.experiments.analysis import analyse
-from hafrm.experiments.runner import RunSummary, load_candidates, load_cells, run_experiment
+from hafrm.experiments.runner import RunSummary, load_candidates, load_cells, prepare_data, run_experiment
 from hafrm.experiments.spec import ExperimentSpec, load_experiment, parse_experiment, plan_cells
 from hafrm.fileio import write_text_atomic
 
@@ -28,6 +28,8 @@ def write_results(spec: ExperimentSpec, out: Path, extra: dict[str, Any] | None 
     """Analyse the finished cells of `out`; write results.json, the PNGs and report.html."""
     from hafrm.experiments.report import write_report  # lazy: it imports matplotlib
 
+    if not (out / "data" / "datasets.json").is_file():  # cells copied into a new folder: a cell's
+        prepare_data(spec, out)  # fingerprint hashes the split files, the same every time they are written
     cells, stale = load_cells(out, spec)
     candidates = load_candidates(spec, out)
     results = analyse(cells, spec, candidates) | {"cells_left_out_stale": stale} | (extra or {})
