@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from hafrm.fileio import atomic_path, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from hafrm.errors import ConfigError
+from hafrm.fileio import atomic_path, named_paths, write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -32,3 +33,12 @@ def test_jsonl_round_trips_unicode_plain_or_gzipped(tmp_path, name):
         lines = f.read().splitlines()
     assert [json.loads(line) for line in lines] == records
     assert "naïve ✓" in lines[0]  # written as is, not \u-escaped
+
+
+def test_named_paths_name_bare_paths_and_refuse_a_name_twice():
+    named = named_paths(["runs/a", "haf = runs/b", "x=y=z"], "model", lambda p: p.rsplit("/", 1)[-1])
+    assert named == {"a": "runs/a", "haf": "runs/b", "x": "y=z"}  # the name ends at the first '='
+    with pytest.raises(ConfigError, match=r"model 'runs/b/a': the name 'a' is taken by runs/a"):
+        named_paths(["runs/a", "runs/b/a"], "model", lambda p: p.rsplit("/", 1)[-1])
+    with pytest.raises(ConfigError, match=r"model '=runs/a': expected PATH or NAME=PATH"):
+        named_paths(["=runs/a"], "model", str)

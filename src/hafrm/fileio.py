@@ -1,14 +1,17 @@
-"""Writing files so that a killed process never leaves a half-written one under the final name."""
+"""Writing files so that a killed process never leaves a half-written one under the final name; and
+the NAME=PATH arguments of the commands that compare several models."""
 
 from __future__ import annotations
 
 import gzip
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from hafrm.errors import ConfigError
 
 
 @contextmanager
@@ -42,3 +45,18 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict[str, Any]
     with atomic_path(path) as tmp, opener(tmp, "wt", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def named_paths(items: Sequence[str], what: str, default_name: Callable[[str], str]) -> dict[str, str]:
+    """NAME -> PATH of arguments given as PATH or NAME=PATH (a bare PATH is named `default_name(PATH)`);
+    two arguments with one name are refused, naming both, rather than one silently replacing the other."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        name, path = (name.strip(), path.strip()) if sep else (default_name(item.strip()), item.strip())
+        if not name or not path:
+            raise ConfigError(f"{what} {item!r}: expected PATH or NAME=PATH")
+        if name in out:
+            raise ConfigError(f"{what} {item!r}: the name {name!r} is taken by {out[name]}; name each NAME=PATH")
+        out[name] = path
+    return out

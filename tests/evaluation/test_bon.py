@@ -123,3 +123,9 @@ def test_bon_end_to_end_gold_and_judge_model(two_models, tiny_model_dir, tmp_pat
 def test_bon_missing_model_is_one_line_exit_2(tmp_path):
     result = runner.invoke(app, ["bon", str(tmp_path / "nope"), "--output-dir", str(tmp_path)])
     assert result.exit_code == 2 and "does not exist" in result.output
+    for run in ("a", "b"):
+        (tmp_path / run / "model").mkdir(parents=True)
+    # two folders of one name (runs/a/model, runs/b/model): refused, not one silently dropped
+    twice = runner.invoke(app, ["bon", str(tmp_path / "a" / "model"), str(tmp_path / "b" / "model"),
+                                "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    assert twice.exit_code == 2 and "the name 'model' is taken" in twice.output, twice.output

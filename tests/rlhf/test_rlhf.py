@@ -125,8 +125,10 @@ def test_config_errors():
         RLHFConfig()
     with pytest.raises(ConfigError, match="multiple of num_generations"):
         RLHFConfig(reward_model=["x"], per_device_train_batch_size=6, num_generations=4)
-    with pytest.raises(ConfigError, match="NAME=DIR"):
+    with pytest.raises(ConfigError, match="the name 'a' is taken by x"):
         RLHFConfig(reward_model=["a=x", "a=y"])
+    with pytest.raises(ConfigError, match="need a NAME=DIR each"):
+        RLHFConfig(reward_model=["x", "b=y"])
     with pytest.raises(ConfigError, match="unknown trainer"):
         RLHFConfig(reward_model=["x"], trainer="ppo")
 
@@ -195,19 +197,21 @@ def test_cli_rlhf_and_generate(policy_dir, builtin_rm_dir, tmp_path):
     bad = runner.invoke(app, ["rlhf", "--policy", str(policy_dir)])
     assert bad.exit_code == 2 and "one of --reward-model" in bad.output
     out = tmp_path / "g.json"
-    gen = runner.invoke(app, ["generate", str(policy_dir), str(builtin_rm_dir), "--gold", "--num-prompts", "5",
+    gen = runner.invoke(app, ["generate", f"base={policy_dir}", str(builtin_rm_dir), "--gold", "--num-prompts", "5",
                               "--max-new-tokens", "3", "--prompt", "Hi", "--out", str(out)])  # fmt: skip
     assert gen.exit_code == 0, gen.output
     report = json.loads(out.read_text())
-    assert set(report["gold"]["models"]) == {str(policy_dir), str(builtin_rm_dir)}
-    assert report["gold"]["prompts"] == 5 and len(report["samples"][str(policy_dir)]) == 1
+    assert set(report["gold"]["models"]) == {"base", str(builtin_rm_dir)}  # NAME=DIR, or the folder as given
+    assert report["gold"]["prompts"] == 5 and len(report["samples"]["base"]) == 1
     models = report["gold"]["models"]
-    difference = report["gold"]["differences"][f"{builtin_rm_dir} - {policy_dir}"]
-    verdicts = zip(models[str(policy_dir)]["correct"], models[str(builtin_rm_dir)]["correct"], strict=True)
+    difference = report["gold"]["differences"][f"{builtin_rm_dir} - base"]
+    verdicts = zip(models["base"]["correct"], models[str(builtin_rm_dir)]["correct"], strict=True)
     judged = [(a, b) for a, b in verdicts if a is not None]
     assert difference["n"] == len(judged) == 5
     assert difference["delta"] == pytest.approx(sum(b - a for a, b in judged) / 5)
-    assert f"gold, {builtin_rm_dir} - {policy_dir}" in gen.output
+    assert f"gold, {builtin_rm_dir} - base" in gen.output
+    twice = runner.invoke(app, ["generate", f"a={policy_dir}", f"a={builtin_rm_dir}", "--gold"])
+    assert twice.exit_code == 2 and "the name 'a' is taken" in twice.output
 
 
 def test_a_seq_cls_export_scores_as_trl_reads_it(tiny_rm_dir, tmp_path):

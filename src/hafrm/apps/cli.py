@@ -40,7 +40,7 @@ from hafrm.errors import HafError
 from hafrm.evaluation.bon import BonSpec, ChatJudge, run_bon
 from hafrm.evaluation.scoring import RewardModel
 from hafrm.experiments import load_experiment, run_and_report, write_results
-from hafrm.fileio import write_text_atomic
+from hafrm.fileio import named_paths, write_text_atomic
 from hafrm.heads import HEADS
 from hafrm.modeling.backbone import prepare_embedded
 from hafrm.training import recipe
@@ -323,12 +323,11 @@ def bon(
 ) -> None:
     """Best-of-N: each reward model picks one of N sampled responses per prompt; the picks are judged."""
     try:
-        dirs = {}
-        for item in model_dir:
-            name, _, path = item.rpartition("=") if "=" in item else (Path(item).name, "", item)
-            if not Path(path).is_dir():
+        named = named_paths(model_dir, "model folder", lambda p: Path(p).name)
+        dirs = {name: Path(path) for name, path in named.items()}
+        for path in dirs.values():
+            if not path.is_dir():
                 raise HafError(f"model folder {path} does not exist")
-            dirs[name] = Path(path)
         temps = [float(t) for t in temperatures.split(",") if t.strip()]
         if n < 1 or num_prompts < 1 or not temps or min(temps) <= 0:
             raise HafError("n and num_prompts must be >= 1 and temperatures positive")

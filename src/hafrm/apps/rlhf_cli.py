@@ -16,7 +16,7 @@ from rich.table import Table
 from hafrm.apps.config_options import TrustOption, build_config, config_parameters
 from hafrm.apps.console import console, fail
 from hafrm.errors import HafError
-from hafrm.fileio import write_text_atomic
+from hafrm.fileio import named_paths, write_text_atomic
 from hafrm.rlhf.config import GROUPS, RLHFConfig
 from hafrm.rlhf.generate import gold_report, sample
 from hafrm.rlhf.run import RESULT_FILE, compare_rlhf, run_rlhf
@@ -88,7 +88,7 @@ _rlhf.__signature__ = inspect.Signature(config_parameters(RLHFConfig, GROUPS))
 
 def generate(
     model: list[str] = typer.Argument(
-        ..., help="Causal LM folders, hafrm model folders (their LM head), or 'smollm2'."
+        ..., help="Causal LM folders, hafrm model folders (their LM head), or 'smollm2'; NAME=DIR names one."
     ),
     prompt: list[str] = typer.Option([], "--prompt", help="A user message to answer (repeatable)."),
     gold: bool = typer.Option(
@@ -112,16 +112,18 @@ def generate(
         fail("temperature must be >= 0; num_samples, num_prompts and max_new_tokens >= 1")
     record: dict[str, Any] = {}
     try:
+        models = named_paths(model, "model", lambda m: m)
         if prompt:
             record["samples"] = {
-                m: sample(m, prompt, num_samples, temperature, max_new_tokens, seed, trust_remote_code) for m in model
+                name: sample(path, prompt, num_samples, temperature, max_new_tokens, seed, trust_remote_code)
+                for name, path in models.items()
             }
             for m, answers in record["samples"].items():
                 for p, a in zip(prompt, answers, strict=True):
                     typer.echo("\n".join(json.dumps({"model": m, "prompt": p, "response": t}, ensure_ascii=False)
                                          for t in a))  # fmt: skip
         if gold:
-            record["gold"] = gold_report(model, num_prompts, max_new_tokens, trust_remote_code)
+            record["gold"] = gold_report(models, num_prompts, max_new_tokens, trust_remote_code)
             print_gold(record["gold"])
     except HafError as e:
         fail(str(e))

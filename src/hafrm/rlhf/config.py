@@ -10,6 +10,7 @@ from typing import Any
 from hafrm.config import check_fields, read_yaml_mapping
 from hafrm.config import config_field as _f
 from hafrm.errors import ConfigError
+from hafrm.fileio import named_paths
 from hafrm.modeling.backbone import DEFAULT_MODEL
 
 GROUPS: dict[str, str] = {
@@ -99,13 +100,7 @@ class RLHFConfig:
         """NAME -> DIR of --reward-model (a bare DIR is named 'rm'; a URL is named 'url')."""
         if self.reward_url:
             return {"url": self.reward_url}
-        out: dict[str, str] = {}
-        for item in self.reward_model:
-            name, sep, path = item.partition("=")
-            name, path = (name.strip(), path.strip()) if sep else ("rm", item.strip())
-            if not name or not path or name in out:
-                raise ConfigError(f"--reward-model {item!r}: expected DIR or NAME=DIR with distinct names")
-            out[name] = path
+        out = named_paths(self.reward_model, "--reward-model", lambda _: "rm")
         if len(out) > 1 and "rm" in out:
             raise ConfigError("several reward models need a NAME=DIR each")
         return out

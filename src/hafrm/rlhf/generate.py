@@ -3,7 +3,7 @@ measure the gold-correct rate of its greedy answers on built-in prompts no model
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -35,22 +35,24 @@ def sample(model_name: str, prompts: Sequence[str], num_samples: int = 1, temper
     return out
 
 
-def gold_report(models: Sequence[str], num_prompts: int = 64, max_new_tokens: int = 32,
+def gold_report(models: Sequence[str] | Mapping[str, str], num_prompts: int = 64, max_new_tokens: int = 32,
                 trust_remote_code: bool = False) -> dict[str, Any]:  # fmt: skip
     """Each model's greedy answers on the same built-in prompts (none of the hafrm folders among
     `models` was trained on them), judged by the gold verifiers: overall and per skill, and each
-    model against the first (paired over the prompts, with a 95 % bootstrap interval)."""
-    folders = [m for m in models if is_hafrm_folder(m)]
+    model against the first (paired over the prompts, with a 95 % bootstrap interval). `models`:
+    names or folders, or NAME -> folder (the report then uses the names)."""
+    named = dict(models) if isinstance(models, Mapping) else {m: m for m in models}
+    folders = [m for m in named.values() if is_hafrm_folder(m)]
     split = builtin_prompt_split(folders, num_prompts, max_train=0)
     report: dict[str, Any] = {"prompts": len(split.eval), "excluded_as_training": split.excluded, "models": {}}
-    for name in models:
-        policy = load_backbone(name, trust_remote_code=trust_remote_code)
+    for name, path in named.items():
+        policy = load_backbone(path, trust_remote_code=trust_remote_code)
         answers = greedy_answers(policy.model, policy.tokenizer, split.eval, max_new_tokens)
         gold = gold_verdicts(split.eval, answers)
         report["models"][name] = {"gold": gold.rate, "gold_per_skill": gold.per_skill, "correct": gold.correct,
                                   "answers": answers}  # fmt: skip
     report["differences"] = {}
-    first, *others = models
+    first, *others = named
     for name in others:  # the prompts that have a verifier: each a 0/1 pair, first vs this model
         pairs = [(float(a), float(b)) for a, b in zip(report["models"][first]["correct"],
                                                         report["models"][name]["correct"], strict=True)
