@@ -25,6 +25,7 @@ from hafrm.experiments.analysis import (
     paired_interval,
     sign_test,
 )
+from hafrm.experiments.report import _comparison_rows
 from hafrm.experiments.runner import prepare_data
 
 runner = CliRunner()
@@ -174,11 +175,24 @@ def test_comparisons_pair_seeds_and_test_pairs():
     assert ood["difference"]["values"] == [0.0, -0.5] and ood["seeds_won"] == 0
     assert (ood["pairs_a_better"], ood["pairs_b_better"]) == (0, 1)
     assert ood["sign_test_p"] == 1.0
-    # a seed with only part of its cells (a run under way) is left out of both parts, and listed
+    # the same for each training set's cells alone
+    per_set = out["per_train_set"]
+    assert per_set["a"]["in_distribution"]["difference"]["values"] == [1.0, 0.0]
+    assert per_set["b"]["in_distribution"]["difference"]["values"] == [1.0, 0.0]
+    assert per_set["a"]["out_of_distribution"]["difference"]["values"] == [0.0, -1.0]
+    assert per_set["b"]["out_of_distribution"]["difference"]["values"] == [0.0, 0.0]
+    # a seed with only part of its cells (a run under way) is left out of both parts, and listed;
+    # the training set whose cells it has counts it
     cells.append(cell("hybrid", "hybrid", "a", 2, wrong, wrong))
     out = comparisons(cells, spec)["hybrid vs reward"]
     assert out["in_distribution"]["seeds"] == 2 and out["in_distribution"]["seeds_incomplete"] == [2]
     assert out["out_of_distribution"]["pairs"] == 4 and out["out_of_distribution"]["seeds_incomplete"] == [2]
+    assert out["per_train_set"]["a"]["in_distribution"]["difference"]["values"] == [1.0, 0.0, -1.0]
+    assert out["per_train_set"]["b"]["in_distribution"]["seeds"] == 2
+    rows = [where for where, _ in _comparison_rows(out)]
+    assert rows == ["in distribution", "out of distribution", "in distribution, trained on a",
+                    "out of distribution, trained on a", "in distribution, trained on b",
+                    "out of distribution, trained on b"]  # fmt: skip
 
 
 def test_a_test_only_dataset_is_never_trained_on_and_held_out_whole(tmp_path):

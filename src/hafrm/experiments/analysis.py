@@ -413,7 +413,9 @@ def comparisons(cells: list[dict[str, Any]], spec: ExperimentSpec) -> dict[str, 
     so it holds for other seeds and other test pairs of the same kind. Per test pair, over the
     same seeds: the pairs HaF scored better (right where the other was wrong or tied, or tied
     where it was wrong) and worse, with a sign test's p-value (optimistic: the same test pairs
-    recur across seeds). In distribution, the same per skill where the test pairs name one."""
+    recur across seeds). In distribution, the same per skill where the test pairs name one; with
+    several training sets, the same again for the cells of each training set alone
+    (`per_train_set`: a seed counts there once that set's cells are done)."""
     datasets, trained = list(spec.datasets), spec.train_sets
     correct, modes, skills = _correct(cells)
     haf = [r for r, m in modes.items() if m == "hybrid"]
@@ -421,21 +423,27 @@ def comparisons(cells: list[dict[str, Any]], spec: ExperimentSpec) -> dict[str, 
     out: dict[str, Any] = {}
     for i, a in enumerate(haf):
         for b in others + haf[:i]:
-            entry = {}
-            for where, same in (("in_distribution", True), ("out_of_distribution", False)):
-                keys = [
-                    k
-                    for k in correct[a]
-                    if k in correct[b] and (k[0] == k[1]) == same and k[0] in trained and k[1] in datasets
-                ]
-                complete = len(trained) if same else len(trained) * (len(datasets) - 1)
-                entry[where] = _paired(correct[a], correct[b], keys, complete)
-                if same and entry[where]:
-                    entry["per_skill"] = _per_skill(correct[a], correct[b], keys, complete, skills)
+            entry = _in_and_out(correct[a], correct[b], trained, datasets, skills)
+            if len(trained) > 1:
+                per_set = {t: _in_and_out(correct[a], correct[b], [t], datasets) for t in trained}
+                entry["per_train_set"] = {t: v for t, v in per_set.items() if v}
             entry = {k: v for k, v in entry.items() if v}
             if entry:
                 out[f"{a} vs {b}"] = entry
     return out
+
+
+def _in_and_out(a: dict, b: dict, trained: list[str], datasets: list[str], skills: dict | None = None) -> dict:
+    """The in- and out-of-distribution comparisons of the cells trained on `trained` (and per skill
+    in distribution, given the test pairs' skills)."""
+    entry = {}
+    for where, same in (("in_distribution", True), ("out_of_distribution", False)):
+        keys = [k for k in a if k in b and (k[0] == k[1]) == same and k[0] in trained and k[1] in datasets]
+        complete = len(trained) if same else len(trained) * (len(datasets) - 1)
+        entry[where] = _paired(a, b, keys, complete)
+        if same and entry[where] and skills is not None:
+            entry["per_skill"] = _per_skill(a, b, keys, complete, skills)
+    return {k: v for k, v in entry.items() if v}
 
 
 def _per_skill(a: dict, b: dict, keys: list, complete: int, skills: dict) -> dict[str, Any]:

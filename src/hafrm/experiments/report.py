@@ -24,10 +24,17 @@ def _interval(ci: list[float]) -> str:
     return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
+WHERE = {"in_distribution": "in distribution", "out_of_distribution": "out of distribution"}
+
+
 def _comparison_rows(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(where, comparison) rows of one "a vs b" entry: in and out of distribution, then per skill."""
-    rows = [(where, v) for where, v in entry.items() if where != "per_skill"]
-    return rows + [(f"in distribution, {skill}", v) for skill, v in entry.get("per_skill", {}).items()]
+    """(where, comparison) rows of one "a vs b" entry: in and out of distribution, then per skill,
+    then per training set."""
+    rows = [(label, entry[where]) for where, label in WHERE.items() if where in entry]
+    rows += [(f"in distribution, {skill}", v) for skill, v in entry.get("per_skill", {}).items()]
+    for train, per in entry.get("per_train_set", {}).items():
+        rows += [(f"{label}, trained on {train}", per[where]) for where, label in WHERE.items() if where in per]
+    return rows
 
 
 def _stat(v: dict[str, Any] | float | None, digits: int = 3) -> str:
@@ -280,7 +287,7 @@ def tables(results: dict[str, Any]) -> list[Table]:
         out.append(("Out of distribution (Table 3)", header, rows))
     if results.get("comparisons"):
         rows = [
-            [pair, where.replace("_", " "), _stat(v["a"]), _stat(v["b"]), _stat(v["difference"]),
+            [pair, where, _stat(v["a"]), _stat(v["b"]), _stat(v["difference"]),
              _interval(v["ci95"]), f"{v['seeds_won']}/{v['seeds']}",
              f"{v['pairs_a_better']} / {v['pairs_b_better']}", f"{v['sign_test_p']:.3g}"]
             for pair, entry in results["comparisons"].items()
