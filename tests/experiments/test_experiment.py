@@ -25,7 +25,7 @@ from hafrm.experiments.analysis import (
     paired_interval,
     sign_test,
 )
-from hafrm.experiments.report import _comparison_rows
+from hafrm.experiments.report import _comparison_rows, fig_comparisons
 from hafrm.experiments.runner import prepare_data
 
 runner = CliRunner()
@@ -151,7 +151,7 @@ def test_sign_test_by_hand():
     assert sign_test(5, 5) == 1.0
 
 
-def test_comparisons_pair_seeds_and_test_pairs():
+def test_comparisons_pair_seeds_and_test_pairs(tmp_path):
     spec = _spec(seeds=[0, 1], datasets={"a": {"data": "builtin:arithmetic"}, "b": {"data": "builtin:facts"}})
     right, wrong = _s([1], [0]), _s([0], [1])
 
@@ -193,6 +193,9 @@ def test_comparisons_pair_seeds_and_test_pairs():
     assert rows == ["in distribution", "out of distribution", "in distribution, trained on a",
                     "out of distribution, trained on a", "in distribution, trained on b",
                     "out of distribution, trained on b"]  # fmt: skip
+    # the report's figure of these rows: a PNG when there are comparisons, none when there are none
+    assert fig_comparisons({"comparisons": {"hybrid vs reward": out}}, tmp_path).stat().st_size > 0
+    assert fig_comparisons({"comparisons": {}}, tmp_path) is None
 
 
 def test_a_test_only_dataset_is_never_trained_on_and_held_out_whole(tmp_path):
@@ -399,6 +402,7 @@ def test_experiment_end_to_end_tiny_model_resumes(tiny_model_dir, tmp_path):
     assert "In distribution" in html and "data:image/png;base64," in html
     md = (out / "results.md").read_text()
     assert "## In distribution (Table 2)" in md and "| reward |" in md and "![ood_heatmap](ood_heatmap.png)" in md
+    assert "![comparisons](comparisons.png)" in md
     datasets = json.loads((out / "data" / "datasets.json").read_text())
     assert datasets["arith"]["train_pairs"] + datasets["arith"]["test_pairs"] == 40
     # a rerun reuses every cell; a changed budget re-runs every cell

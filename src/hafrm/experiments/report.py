@@ -83,6 +83,28 @@ def fig_in_distribution(results: dict[str, Any], out: Path) -> Path | None:
     return _save(fig, out / "in_distribution.png")
 
 
+def fig_comparisons(results: dict[str, Any], out: Path) -> Path | None:
+    """Each comparison's paired difference (the first row minus the second), one point per table
+    row with its 95 % interval, and a line at zero: green where the interval is above it, red
+    below, grey where it crosses it."""
+    rows = [(f"{pair.replace('hybrid', 'HaF')}: {where}", v)
+            for pair, entry in (results.get("comparisons") or {}).items()
+            for where, v in _comparison_rows(entry)]  # fmt: skip
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.28 * len(rows)))
+    for i, (_, v) in enumerate(rows):
+        d, (lo, hi) = v["difference"]["mean"], v["ci95"]
+        color = "tab:green" if lo > 0 else "tab:red" if hi < 0 else "tab:grey"
+        ax.errorbar(d, i, xerr=[[d - lo], [hi - d]], fmt="o", color=color, capsize=3, ms=4)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("accuracy difference (first minus second), paired 95 % interval", fontsize=8)
+    ax.set_title("HaF against the other methods, paired by seed", fontsize=9)
+    return _save(fig, out / "comparisons.png")
+
+
 def _trained(results: dict[str, Any]) -> list[str]:
     """The datasets cells trained on (not `test_only`), in the experiment's order."""
     return [n for n, d in results["datasets"].items() if not d.get("test_only")]
@@ -358,6 +380,7 @@ def write_report(results: dict[str, Any], cells: list[dict[str, Any]], out: Path
     figs = {
         "in_distribution": fig_in_distribution(results, out),
         "ood": fig_ood(results, out),
+        "comparisons": fig_comparisons(results, out),
         "curves": fig_curves(cells, out),
         "histograms": fig_histograms(cells, out),
         "calibration": fig_calibration(results, out),
