@@ -534,3 +534,18 @@ def test_a_cells_config_is_built_in_the_spec():
     cell = next(c for c in plan_cells(spec) if c.kind == "sweep")
     cfg = cell_config(spec, cell, output_dir="o")
     assert (cfg.alpha, cfg.max_steps, cfg.seed, cfg.output_dir) == (0.5, 3, cell.seed, "o")
+
+
+def test_speed_only_options_keep_a_cells_fingerprint(tmp_path):
+    """A finished cell is reused when only where the caches live or how much of them is kept
+    in memory changed; a changed budget makes it run again."""
+    from hafrm.experiments.runner import cell_setup
+
+    def fingerprint(**train):
+        spec = _spec(seeds=[0], train={"max_steps": 3, **train})
+        prepare_data(spec, tmp_path)
+        return cell_setup(spec, plan_cells(spec)[0], tmp_path).fingerprint
+
+    base = fingerprint()
+    assert fingerprint(cache_dir=str(tmp_path / "elsewhere"), prefix_cache_mib=16) == base
+    assert fingerprint(max_steps=4) != base

@@ -170,6 +170,7 @@ def cell_setup(spec: ExperimentSpec, cell: Cell, out: Path) -> CellSetup:
         config.pop("group_by_length")
     for key in NOT_SHARED:  # read options of the split files, whose bytes are hashed
         config.pop(key)
+    config["cache_dir"] = None  # where the caches live is speed only (hashed as unset: finished cells stay valid)
     config["precision"] = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
     tests = [data_dir / f"{n}.test.jsonl" for n in spec.datasets]
     # a cell never sees the judge, and top_k only changes the analysis
