@@ -4,6 +4,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 from typer.testing import CliRunner
@@ -271,21 +272,26 @@ def test_alpha_sweep_with_auto_against_the_main_hybrid_cell():
     assert [c.id for c in sweep if c.seed == 0] == ["hybrid@alpha=1--arith--s0", "hybrid@alpha=auto--arith--s0"]
     assert spec.cell_config("hybrid", 0).replace(**sweep[1].overrides).auto_alpha
 
-    def cell(method, kind, alpha, seed, correct):
-        c = _cell(method, "hybrid", "arith", seed, {"arith": _s([float(x) for x in correct], [0.5] * 4)}, kind=kind)
-        return c | {"alpha": alpha}
+    def cell(method, kind, alpha, seed, correct, facts=None):
+        on = {"arith": correct} | ({"facts": facts, "format": [1, 1, 0, 0]} if facts else {})
+        scores = {name: _s([float(x) for x in c], [0.5] * 4) for name, c in on.items()}
+        return _cell(method, "hybrid", "arith", seed, scores, kind=kind) | {"alpha": alpha}
 
     cells = [
-        cell("hybrid", "main", 0.2, 0, [1, 0, 0, 0]), cell("hybrid", "main", 0.2, 1, [1, 1, 0, 0]),
-        cell("hybrid@alpha=auto", "sweep", "auto", 0, [1, 1, 1, 0]),
-        cell("hybrid@alpha=auto", "sweep", "auto", 1, [1, 1, 0, 0]),
-        cell("hybrid@alpha=1", "sweep", 1.0, 0, [0, 0, 0, 0]),
+        cell("hybrid", "main", 0.2, 0, [1, 0, 0, 0], [1, 1, 0, 0]),
+        cell("hybrid", "main", 0.2, 1, [1, 1, 0, 0], [1, 1, 0, 0]),
+        cell("hybrid@alpha=auto", "sweep", "auto", 0, [1, 1, 1, 0], [1, 1, 1, 1]),
+        cell("hybrid@alpha=auto", "sweep", "auto", 1, [1, 1, 0, 0], [0, 0, 0, 0]),
+        cell("hybrid@alpha=1", "sweep", 1.0, 0, [0, 0, 0, 0]),  # tested on its own set only
     ]  # fmt: skip
     out = alpha_sweep(cells, spec)
     assert list(out["alphas"]) == ["0.2", "1", "auto"]
     auto = out["against_main"]["auto vs 0.2"]["reward"]
-    assert auto["difference"]["values"] == [0.5, 0.0] and auto["seeds_won"] == 1
-    assert out["against_main"]["1 vs 0.2"]["reward"]["seeds"] == 1
+    assert auto["in_distribution"]["difference"]["values"] == [0.5, 0.0] and auto["in_distribution"]["seeds_won"] == 1
+    # out of distribution: the average over facts and format, (1 - 0.5 + 0) / 2 and (0 - 0.5 + 0) / 2
+    assert auto["out_of_distribution"]["difference"]["values"] == [0.25, -0.25]
+    assert out["against_main"]["1 vs 0.2"]["reward"] == {"in_distribution": ANY}
+    assert out["against_main"]["1 vs 0.2"]["reward"]["in_distribution"]["seeds"] == 1
 
 
 def test_best_of_n_with_a_judge_by_hand():

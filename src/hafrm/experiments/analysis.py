@@ -252,7 +252,8 @@ def calibration(cells: list[dict[str, Any]]) -> dict[str, Any]:
 
 def alpha_sweep(cells: list[dict[str, Any]], spec: ExperimentSpec) -> dict[str, Any]:
     """Accuracy of both heads against alpha on the sweep dataset (the main hybrid cell included),
-    and each swept alpha against the main hybrid cell's, paired by seed and test pair."""
+    and each swept alpha against the main hybrid cell's, paired by seed and test pair, in
+    distribution (the sweep dataset's test split) and out of it (every other test set)."""
     sweep = spec.alpha_sweep
     if sweep is None:
         return {}
@@ -276,29 +277,29 @@ def alpha_sweep(cells: list[dict[str, Any]], spec: ExperimentSpec) -> dict[str, 
             if schedule == "constant":
                 by_alpha[cell["alpha"]][head].append(head_accuracy(scores, head))
                 c, r = SCORE_KEYS[head]
-                if c in scores:
-                    key = (sweep.dataset, sweep.dataset, info["seed"])
-                    correct[name][head][key] = pair_accuracy(scores[c], scores[r])
+                for test, on in cell["scores"].items():
+                    if test in spec.datasets and c in on:
+                        correct[name][head][(sweep.dataset, test, info["seed"])] = pair_accuracy(on[c], on[r])
             if schedule != "constant" or info["kind"] == "main":
                 by_schedule[f"{schedule} (alpha {name})"][head].append(head_accuracy(scores, head))
     return {
         "dataset": sweep.dataset,
         "alphas": {alpha_name(a): {h: mean_std(v) for h, v in heads.items()} for a, heads in _by_alpha(by_alpha)},
         "schedules": {s: {h: mean_std(v) for h, v in heads.items()} for s, heads in by_schedule.items()},
-        "against_main": _against_main(correct, base),
+        "against_main": _against_main(correct, base, sweep.dataset, list(spec.datasets)),
     }
 
 
-def _against_main(correct: dict, base: str | None) -> dict[str, Any]:
-    """Each swept alpha against the main hybrid cell's (`base`), per head, paired by seed."""
+def _against_main(correct: dict, base: str | None, dataset: str, datasets: list[str]) -> dict[str, Any]:
+    """Each swept alpha against the main hybrid cell's (`base`), per head, paired by seed: head ->
+    {"in_distribution": ..., "out_of_distribution": ...} (where the cells were tested)."""
     out = {}
     for name in correct:
         if base is None or name == base:
             continue
         heads = {}
         for head in HEAD_NAMES:
-            keys = [k for k in correct[name][head] if k in correct[base][head]]
-            result = _paired(correct[name][head], correct[base][head], keys, 1) if keys else None
+            result = _in_and_out(correct[name][head], correct[base][head], [dataset], datasets)
             if result:
                 heads[head] = result
         out[f"{name} vs {base}"] = heads

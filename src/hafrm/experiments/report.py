@@ -87,18 +87,20 @@ def fig_comparisons(results: dict[str, Any], out: Path) -> Path | None:
     """Each comparison's paired difference (the first row minus the second), one point per table
     row with its 95 % interval, and a line at zero: green where the interval is above it, red
     below, grey where it crosses it."""
-    rows = [(f"{pair.replace('hybrid', 'HaF')}: {where}", v)
+    rows = [(pair, f"{pair}: {where}", v)
             for pair, entry in (results.get("comparisons") or {}).items()
             for where, v in _comparison_rows(entry)]  # fmt: skip
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(7, 0.9 + 0.28 * len(rows)))
-    for i, (_, v) in enumerate(rows):
+    for i, (pair, _, v) in enumerate(rows):
         d, (lo, hi) = v["difference"]["mean"], v["ci95"]
         color = "tab:green" if lo > 0 else "tab:red" if hi < 0 else "tab:grey"
         ax.errorbar(d, i, xerr=[[d - lo], [hi - d]], fmt="o", color=color, capsize=3, ms=4)
+        if i and pair != rows[i - 1][0]:  # a line between two comparisons
+            ax.axhline(i - 0.5, color="#ddd", lw=0.8)
     ax.axvline(0, color="k", lw=0.8)
-    ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=7)
+    ax.set_yticks(range(len(rows)), [label for _, label, _ in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("accuracy difference (first minus second), paired 95 % interval", fontsize=8)
     ax.set_title("HaF against the other methods, paired by seed", fontsize=9)
@@ -344,12 +346,13 @@ def tables(results: dict[str, Any]) -> list[Table]:
         rows += [[s, _stat(v.get("reward")), _stat(v.get("implicit"))] for s, v in sw.get("schedules", {}).items()]
         out.append((f"alpha sweep ({sw['dataset']})", ["alpha", "reward head", "implicit"], rows))
         rows = [
-            [pair, head, _stat(v["difference"]), _interval(v["ci95"]), f"{v['seeds_won']}/{v['seeds']}"]
+            [pair, head, WHERE[where], _stat(v["difference"]), _interval(v["ci95"]), f"{v['seeds_won']}/{v['seeds']}"]
             for pair, heads in sw.get("against_main", {}).items()
-            for head, v in heads.items()
+            for head, per in heads.items()
+            for where, v in per.items()
         ]
         if rows:
-            header = ["alpha vs the main cell's", "head", "difference", "paired 95 % interval", "seeds won"]
+            header = ["alpha vs the main cell's", "head", "where", "difference", "paired 95 % interval", "seeds won"]
             out.append(("", header, rows))
     out += _bon_tables(results.get("best_of_n") or {})
     budget = [[b["cell"], str(b["train_pairs"]), str(b["steps"]), f"{b['seconds']:.0f}"] for b in results["budgets"]]
